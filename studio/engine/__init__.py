@@ -1,0 +1,1 @@
+"""The engine: torch and torchvision only. Nothing here imports Qt."""
