@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from studio import __version__
+from studio.engine.events import Callback
 
 log = logging.getLogger("studio")
 
@@ -26,7 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="studio", description="Finetune Studio: fine-tune torchvision image classifiers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument("--demo", action="store_true",
+                        help="open the app with the bundled sample dataset, ready to train")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gui = commands.add_parser("gui", help="open the desktop app (the default command)")
+    gui.add_argument("project", nargs="?", metavar="PROJECT.toml", help="a saved project")
+    gui.add_argument("--demo", action="store_true", help="load the bundled sample dataset")
+    gui.set_defaults(handler=_cmd_gui)
 
     scan = commands.add_parser("scan", help="describe a dataset folder: classes, counts, "
                                             "warnings, unreadable files")
@@ -39,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     scan.add_argument("--json", action="store_true", help="print one JSON object")
     scan.set_defaults(handler=_cmd_scan)
+
+    _add_train_parser(commands)
 
     zoo = commands.add_parser("models", help="list the torchvision backbones")
     zoo.add_argument("filter", nargs="?", default="", help="show names containing this text")
@@ -53,8 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        parser.print_help()
-        return EXIT_OK
+        args.handler, args.project = _cmd_gui, None
     from studio.engine.errors import StudioError
 
     try:
@@ -68,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `studio models | head`: the reader left, which is fine
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# gui
+
+
+def _cmd_gui(args: argparse.Namespace) -> int:
+    from studio.ui.app import run
+
+    return run(project_file=args.project, demo=args.demo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,3 +174,255 @@ def _cmd_models(args: argparse.Namespace) -> int:
               f"{acc:>6} {info.input_size:>5}")
     print(f"\n{len(infos)} backbones; acc@1 is ImageNet-1K top-1 of the default weights.")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _add_train_parser(commands: Any) -> None:
+    train = commands.add_parser(
+        "train", help="fine-tune a backbone on a dataset folder, headless",
+        description="Fine-tune a backbone. Flags override the fields of --config; --resume "
+                    "continues a stopped run from its last completed epoch.")
+    where = train.add_argument_group("data and model")
+    where.add_argument("--data", metavar="DIR", help="dataset folder")
+    where.add_argument("--sample", action="store_true", help="use the bundled sample dataset")
+    where.add_argument("--backbone", metavar="NAME", help="torchvision model (studio models)")
+    where.add_argument("--out", metavar="RUN_DIR",
+                       help="run folder to create (default runs/BACKBONE-DATE-TIME)")
+    where.add_argument("--weights", metavar="default|none|PATH",
+                       help="pretrained weights, none, or a .safetensors/.pth file")
+    where.add_argument("--head", choices=["linear", "mlp"], help="classifier head")
+    where.add_argument("--config", metavar="RUN_CONFIG.toml", help="start from a saved config")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    data = train.add_argument_group("data handling")
+    data.add_argument("--image-size", type=int, metavar="N", help="input size in pixels")
+    data.add_argument("--augment", choices=["none", "light", "standard", "strong"])
+    data.add_argument("--val-fraction", type=float, metavar="F")
+    data.add_argument("--balance", choices=["none", "loss", "sampler"],
+                      help="class-weighted loss or a weighted sampler for imbalanced classes")
+    freeze = train.add_argument_group("freezing and learning rates (patterns match names of "
+                                      "named_parameters() or module prefixes)")
+    freeze.add_argument("--freeze-preset", choices=["train_all", "head_only"])
+    freeze.add_argument("--freeze-up-to", metavar="MODULE",
+                        help="freeze this module and everything before it")
+    freeze.add_argument("--freeze", action="append", metavar="GLOB", help="freeze matches")
+    freeze.add_argument("--unfreeze", action="append", metavar="GLOB",
+                        help="unfreeze matches (applied after --freeze)")
+    freeze.add_argument("--lr", action="append", metavar="GLOB=LR",
+                        help="a parameter group with its own learning rate; first match wins")
+    freeze.add_argument("--base-lr", type=float, metavar="LR",
+                        help="learning rate of everything no --lr matches")
+    freeze.add_argument("--weight-decay", type=float, metavar="WD")
+    loop = train.add_argument_group("training")
+    loop.add_argument("--epochs", type=int, metavar="N")
+    loop.add_argument("--batch-size", type=int, metavar="N")
+    loop.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    loop.add_argument("--schedule", choices=["none", "step", "cosine", "onecycle"])
+    loop.add_argument("--warmup-epochs", type=float, metavar="E")
+    loop.add_argument("--loss", choices=["cross_entropy", "focal"])
+    loop.add_argument("--label-smoothing", type=float, metavar="S")
+    loop.add_argument("--grad-clip", type=float, metavar="NORM")
+    loop.add_argument("--accumulate", type=int, metavar="N", help="gradient accumulation steps")
+    loop.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    loop.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    loop.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    loop.add_argument("--no-channels-last", action="store_true")
+    loop.add_argument("--seed", type=int)
+    loop.add_argument("--deterministic", action="store_true")
+    loop.add_argument("--workers", type=int, metavar="N", help="DataLoader workers (-1: auto)")
+    train.set_defaults(handler=_cmd_train)
+
+
+# flag -> (config section, field)
+_OVERRIDES = {
+    "data": ("data", "root"), "image_size": ("data", "image_size"),
+    "augment": ("data", "augment"), "val_fraction": ("data", "val_fraction"),
+    "balance": ("data", "balance"), "backbone": ("model", "backbone"),
+    "weights": ("model", "weights"), "base_lr": ("optim", "lr"),
+    "weight_decay": ("optim", "weight_decay"), "optimizer": ("optim", "optimizer"),
+    "schedule": ("optim", "schedule"), "warmup_epochs": ("optim", "warmup_epochs"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
+    "loss": ("train", "loss"), "label_smoothing": ("train", "label_smoothing"),
+    "grad_clip": ("train", "grad_clip"), "accumulate": ("train", "accumulate"),
+    "early_stopping": ("train", "early_stopping"), "device": ("train", "device"),
+    "precision": ("train", "precision"), "seed": ("train", "seed"),
+    "workers": ("train", "workers"),
+}
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """A RunConfig from --config (or defaults) with every given flag applied on top."""
+    import dataclasses
+
+    from studio.engine.config import ConfigError, FreezeSpec, RunConfig
+
+    config = RunConfig.load(args.config) if args.config else RunConfig()
+    if args.sample:
+        from studio.resources import sample_dataset
+
+        args.data = str(sample_dataset())
+    sections = {name: getattr(config, name) for name in ("data", "model", "optim", "train")}
+    changes: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    for flag, (section, field) in _OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            changes[section][field] = value
+    if args.no_channels_last:
+        changes["train"]["channels_last"] = False
+    if args.deterministic:
+        changes["train"]["deterministic"] = True
+    if args.lr:
+        changes["optim"]["groups"] = tuple(_parse_lr(item) for item in args.lr)
+    for section, fields in changes.items():
+        if not fields:
+            continue
+        try:
+            sections[section] = dataclasses.replace(sections[section], **fields)
+        except ConfigError as error:
+            raise ConfigError(f"{_flag_for(section, str(error))}: {error}") from error
+    if args.head:
+        sections["model"] = dataclasses.replace(
+            sections["model"], head=dataclasses.replace(sections["model"].head, kind=args.head))
+    freeze = config.freeze
+    if args.freeze_preset or args.freeze_up_to or args.freeze or args.unfreeze:
+        preset = "up_to" if args.freeze_up_to else (args.freeze_preset or freeze.preset)
+        freeze = FreezeSpec(preset=preset, up_to=args.freeze_up_to or freeze.up_to,
+                            freeze=freeze.freeze + tuple(args.freeze or ()),
+                            unfreeze=freeze.unfreeze + tuple(args.unfreeze or ()),
+                            bn_frozen=freeze.bn_frozen)
+    return config.replace(freeze=freeze, **sections)
+
+
+def _flag_for(section: str, message: str) -> str:
+    if section == "optim" and "group" in message:
+        return "--lr"
+    field = message.split(" ", 1)[0]
+    for flag, target in _OVERRIDES.items():
+        if target == (section, field):
+            return "--" + flag.replace("_", "-")
+    return section
+
+
+def _parse_lr(item: str) -> Any:
+    from studio.engine.config import ConfigError, ParamGroupSpec
+
+    pattern, sep, value = item.rpartition("=")
+    try:
+        lr = float(value)
+    except ValueError:
+        lr = None
+    if not sep or not pattern or lr is None:
+        raise ConfigError(f"--lr expects GLOB=LR, for example 'layer4=1e-4'; got {item!r}")
+    try:
+        return ParamGroupSpec(name=pattern, patterns=(pattern,), lr=lr)
+    except ConfigError as error:
+        raise ConfigError(f"--lr {item}: {error}") from error
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from studio.engine.errors import StudioError
+    from studio.engine.events import Outcome
+    from studio.engine.trainer import Trainer
+
+    progress = TerminalProgress(sys.stderr)
+    if args.resume:
+        trainer = Trainer.resume_run(args.resume, epochs=args.epochs, callbacks=[progress])
+    else:
+        config = config_from_args(args)
+        if not config.data.root:
+            raise StudioError("no dataset given; pass --data DIR (a folder with one subfolder "
+                              "per class), --sample, or --config")
+        out = args.out or str(Path("runs") / f"{config.model.backbone}-"
+                                              f"{time.strftime('%Y%m%d-%H%M%S')}")
+        trainer = Trainer(config, out, callbacks=[progress])
+
+    stop = threading.Event()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        stop.set()
+        print("\nstopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = trainer.fit(stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if result.outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
+        return EXIT_OK
+    if result.outcome is Outcome.CANCELLED:
+        return 130
+    return EXIT_ERROR
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class TerminalProgress(Callback):
+    """Training progress: a live bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.epochs = 0
+
+    def _line(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def on_fit_start(self, event: Any) -> None:
+        self.epochs = event.epochs
+        verb = "resuming at" if event.start_epoch > 1 else "starting"
+        self._line(f"{verb} epoch {event.start_epoch}/{event.epochs} in {event.run_dir}: "
+                   f"{event.train_images} train / {event.val_images} val images, "
+                   f"{len(event.classes)} classes, {event.device}, {event.precision}"
+                   f"{', channels_last' if event.channels_last else ''}")
+
+    def on_stage_start(self, event: Any) -> None:
+        share = 100 * event.trainable_params / max(1, event.total_params)
+        label = "freeze spec" if event.index == 0 else f"stage {event.index}"
+        self._line(f"epoch {event.epoch}: {label}, training {event.trainable_params:,} of "
+                   f"{event.total_params:,} parameters ({share:.1f} %) in groups "
+                   f"{', '.join(event.groups)}")
+
+    def on_batch_end(self, event: Any) -> None:
+        if not self.live:
+            return
+        width = 24
+        filled = int(width * event.step / max(1, event.steps))
+        bar = "#" * filled + "." * (width - filled)
+        self.stream.write(f"\r\033[Kepoch {event.epoch}/{self.epochs} [{bar}] "
+                          f"{event.step}/{event.steps} loss {event.loss:.4f} "
+                          f"acc {100 * event.accuracy:.1f}% {event.images_per_second:.0f} img/s "
+                          f"ETA {_duration(event.eta_seconds)}")
+        self.stream.flush()
+
+    def on_epoch_end(self, event: Any) -> None:
+        best = "  *best*" if event.is_best else ""
+        self._line(f"epoch {event.epoch}/{self.epochs}: train loss {event.train_loss:.4f} "
+                   f"acc {100 * event.train_acc:.1f}% | val loss {event.val_loss:.4f} "
+                   f"acc {100 * event.val_acc:.1f}% | {event.seconds:.1f}s "
+                   f"{event.images_per_second:.0f} img/s{best}")
+
+    def on_warning(self, event: Any) -> None:
+        self._line(f"warning: {event.message}")
+
+    def on_fit_end(self, event: Any) -> None:
+        best = ""
+        if event.best_metric is not None:
+            best = f"; best {event.monitor} {event.best_metric:.4f} at epoch {event.best_epoch}"
+        prefix = "error: " if event.outcome.value == "failed" else ""
+        where = f", run folder {event.run_dir}" if os.path.isdir(event.run_dir) else ""
+        self._line(f"{prefix}{event.message}{best} ({_duration(event.seconds)}{where})")

@@ -6,9 +6,11 @@ is read as safetensors or with ``torch.load(weights_only=True)`` — never unpic
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from torchvision import models
 from studio.engine.config import HeadConfig, ModelConfig
 from studio.engine.data import Preprocessing, preprocessing_from_weights
 from studio.engine.errors import BackboneError, WeightsError
+from studio.engine.params import ParamNode, param_tree
 
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "weights", "module")
@@ -366,3 +369,65 @@ def _fixed_input_size(model: nn.Module, info: BackboneInfo, kwargs: dict[str, An
     if info.family == "maxvit":
         return int(kwargs.get("input_size", (info.min_size,))[0])
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing a model without paying for it
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """The parameter structure of a backbone with its head, for freeze and group editors."""
+
+    backbone: str
+    num_classes: int
+    head: str
+    tree: ParamNode
+    names: tuple[str, ...]
+    numel: dict[str, int]
+    model: nn.Module  # on the meta device when possible: structure without memory
+
+    @property
+    def total(self) -> int:
+        return self.tree.numel
+
+
+def describe_model(config: ModelConfig, num_classes: int,
+                   image_size: int | None = None) -> ModelDescription:
+    """Build the architecture (never the weights) on the meta device — fast and memoryless —
+    falling back to the CPU for builders that compute on tensors (RegNet)."""
+    info = backbone_info(config.backbone)
+    size = image_size
+    if size is None and info.family in ("vision_transformer", "maxvit") \
+            and config.weights not in ("none",) and not is_weights_file(config.weights):
+        size = info.input_size  # pretrained ViTs are built at their weights' size
+    plain = ModelConfig(backbone=config.backbone, weights="none", head=config.head)
+    try:
+        with torch.device("meta"):
+            built = build_model(plain, num_classes, size)
+    except (NotImplementedError, RuntimeError):
+        with _skipped_init():
+            built = build_model(plain, num_classes, size)
+    named = list(built.model.named_parameters())
+    return ModelDescription(config.backbone, num_classes, built.head, param_tree(built.model),
+                            tuple(n for n, _ in named), {n: p.numel() for n, p in named},
+                            built.model)
+
+
+@contextlib.contextmanager
+def _skipped_init() -> Iterator[None]:
+    """Make ``torch.nn.init`` a no-op while building: memory is allocated but not filled, which
+    is all a description needs (RegNet-128GF: 10 s of initialisation saved)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, _keep)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+def _keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor

@@ -278,6 +278,9 @@ class RunConfig:
         return cls.from_toml(text, source=str(path))
 
 
+FILE_MODE = 0o644
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write through a temporary file in the same folder and ``os.replace`` it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,6 +290,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; a run folder is ordinary user data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -147,8 +147,14 @@ def resolve_frozen(names: Sequence[str], spec: FreezeSpec, head: str) -> frozens
     return frozenset(frozen)
 
 
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
 def _matching(names: Sequence[str], pattern: str, what: str) -> set[str]:
-    found = {n for n in names if matches(n, pattern)}
+    if _GLOB_CHARS.search(pattern):
+        found = {n for n in names if matches(n, pattern)}
+    else:  # a plain name or module prefix: no glob machinery needed
+        found = {n for n in names if is_under(n, pattern)}
     if not found:
         raise ConfigError(f"{what} pattern {pattern!r} matches no parameter of this model; "
                           f"parameter names look like {_example(names)}")
@@ -298,23 +304,29 @@ def stage_units(names: Sequence[str], numel: dict[str, int], head: str) -> list[
     backbone = [n for n in names if not is_under(n, head)]
     leaves = set(backbone)
     total = sum(numel[n] for n in backbone) or 1
+    sizes: dict[str, int] = {}
+    kids: dict[str, list[str]] = {}
+    for n in backbone:  # one pass: the size and children of every module prefix
+        parts = n.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            sizes[prefix] = sizes.get(prefix, 0) + numel[n]
+            if depth > 1:
+                parent = ".".join(parts[: depth - 1])
+                siblings = kids.setdefault(parent, [])
+                if not siblings or siblings[-1] != prefix:
+                    if prefix not in siblings:
+                        siblings.append(prefix)
 
     def size(unit: str) -> int:
-        return sum(numel[n] for n in backbone if is_under(n, unit))
+        return sizes.get(unit, 0)
 
     def children(unit: str) -> list[str]:
-        depth = unit.count(".") + 1
-        out: list[str] = []
-        for n in backbone:
-            if is_under(n, unit) and n != unit:
-                child = ".".join(n.split(".")[: depth + 1])
-                if child not in out:
-                    out.append(child)
-        return out
+        return kids.get(unit, [])
 
     def openable(unit: str) -> bool:  # a container of modules, not a single layer's tensors
-        kids = children(unit)
-        return len(kids) >= 2 and not all(k in leaves for k in kids)
+        own = children(unit)
+        return len(own) >= 2 and not all(k in leaves for k in own)
 
     units: list[str] = []
     for n in backbone:
@@ -347,8 +359,15 @@ def default_groups(model: nn.Module, head: str, base_lr: float,
     units = stage_units(names, numel, head)
     backbone_total = sum(v for n, v in numel.items() if not is_under(n, head)) or 1
 
+    unit_size: dict[str, int] = {}
+    for name, count in numel.items():
+        for unit in units:
+            if is_under(name, unit):
+                unit_size[unit] = unit_size.get(unit, 0) + count
+                break
+
     def size(patterns: list[str]) -> int:
-        return sum(v for n, v in numel.items() if any(is_under(n, p) for p in patterns))
+        return sum(unit_size.get(p, 0) for p in patterns)
 
     stem: list[str] = []
     while len(units) > 1 and size([units[0]]) < STEM_SHARE * backbone_total:
