@@ -1,0 +1,65 @@
+"""The composition root: QApplication, style, the main window, and how it is launched."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ORGANIZATION = "FinetuneStudio"
+APPLICATION = "Finetune Studio"
+
+
+def demo_config() -> object:
+    """The bundled sample, a small backbone, ready to Train on a CPU in about a minute."""
+    from studio.engine.backbones import pretrained_available, resolve_weights
+    from studio.engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from studio.resources import sample_dataset
+
+    pretrained = pretrained_available(resolve_weights("resnet18", "default"))
+    return RunConfig(
+        data=DataConfig(root=str(sample_dataset()), image_size=64, augment="light"),
+        model=ModelConfig(backbone="resnet18", weights="default" if pretrained else "none"),
+        train=TrainConfig(epochs=5, batch_size=32))
+
+
+def create_app(argv: list[str] | None = None) -> object:
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    if not hasattr(app, "studio_gc"):
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        # Cyclic GC must not run in the training or scanning threads, where it can touch Qt
+        # wrappers the GUI thread is deleting (a crash): collect on a GUI timer instead.
+        app.studio_gc = GarbageCollector(interval=1.0)  # type: ignore[attr-defined]
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setStyle("Fusion")
+    style = Path(__file__).resolve().parents[1] / "resources" / "style.qss"
+    if style.is_file():
+        app.setStyleSheet(style.read_text(encoding="utf-8"))
+    return app
+
+
+def build_window(project_file: str | None = None, demo: bool = False) -> object:
+    """The main window, with a project opened or the demo loaded."""
+    from studio.ui.main_window import MainWindow
+
+    window = MainWindow()
+    if project_file:
+        window.open_project(project_file)
+    elif demo:
+        config = demo_config()
+        window.project.set_config(config)  # type: ignore[arg-type]
+        window.dataset_panel.load_folder(config.data.root)  # type: ignore[attr-defined]
+    return window
+
+
+def run(project_file: str | None = None, demo: bool = False) -> int:
+    app = create_app()
+    window = build_window(project_file, demo)
+    window.show()  # type: ignore[attr-defined]
+    return int(app.exec())  # type: ignore[attr-defined]

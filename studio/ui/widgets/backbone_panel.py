@@ -1,0 +1,539 @@
+"""BackbonePanel: pick a torchvision backbone, its weights, its head and the image size.
+
+Everything the panel shows comes from the project's RunConfig and the engine's zoo listing;
+everything the user changes goes back through ``ProjectModel.update``. Widgets are set from the
+config with their signals blocked, so showing a config never writes one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import (
+    QItemSelectionModel,
+    QModelIndex,
+    QSignalBlocker,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.engine.backbones import (
+    LOCAL_SUFFIXES,
+    BackboneInfo,
+    backbone_info,
+    hub_cache_path,
+    is_weights_file,
+    pretrained_available,
+    resolve_weights,
+)
+from studio.engine.config import ConfigError, HeadConfig
+from studio.engine.errors import StudioError
+from studio.ui.models.zoo import FILTER_ROLE, NAME_ROLE, SORT_ROLE, ZooTableModel
+from studio.ui.project import ProjectModel
+from studio.ui.text import sentence
+
+MIN_IMAGE_SIZE = 16  # DataConfig's bounds
+MAX_IMAGE_SIZE = 2048
+ERROR_COLOR = "#c62828"
+AMBER_COLOR = "#a05a00"
+OK_COLOR = "#2e7d32"
+MUTED_COLOR = "gray"
+
+PRETRAINED, SCRATCH, LOCAL = range(3)
+HEAD_CHOICES = (("linear", "Linear", "One linear layer from the backbone's features to classes"),
+                ("mlp", "Small MLP", "Linear → ReLU → dropout → linear; a little more capacity"))
+
+
+class ImageSizeSpinBox(QSpinBox):
+    """0 shows as "from weights" (None in the config); stepping up from it jumps straight to
+    the backbone's natural size, stepping below the smallest size goes back to it."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setRange(0, MAX_IMAGE_SIZE)
+        self.setSingleStep(16)
+        self.setSpecialValueText("from weights")
+        self.setSuffix(" px")
+        self.setKeyboardTracking(False)
+        self.natural_size = 224
+
+    def stepBy(self, steps: int) -> None:
+        value = self.value()
+        if value == 0 and steps > 0:
+            self.setValue(self.natural_size)
+        elif steps < 0 and value + steps * self.singleStep() < MIN_IMAGE_SIZE:
+            self.setValue(0)
+        else:
+            super().stepBy(steps)
+
+
+class BackbonePanel(QWidget):
+    """A searchable zoo table, the weights choice with its availability, the head, the size."""
+
+    def __init__(self, project: ProjectModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._project = project
+        self._syncing = False  # selection/radio signals caused by showing the config
+        self._awaiting_file = False  # "Local file…" chosen, no file given yet
+        self._refusal = ""  # why the last edit was refused, until the next edit
+
+        self._model = ZooTableModel(parent=self)
+        self._proxy = QSortFilterProxyModel(self)
+        self._proxy.setSourceModel(self._model)
+        self._proxy.setSortRole(SORT_ROLE)
+        self._proxy.setFilterRole(FILTER_ROLE)
+        self._proxy.setFilterKeyColumn(0)
+        self._proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+
+        self._build_zoo()
+        weights_box = self._build_weights()
+        head_box = self._build_head()
+        boxes = QHBoxLayout()
+        boxes.addWidget(weights_box, 3)
+        boxes.addWidget(head_box, 2)
+
+        self._error = QLabel()
+        self._error.setWordWrap(True)
+        self._error.setStyleSheet(f"color: {ERROR_COLOR};")
+        self._error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._error.hide()
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._search_row)
+        layout.addWidget(self._table, 1)
+        layout.addLayout(boxes)
+        layout.addWidget(self._error)
+
+        for name, widget in (("search_edit", self._search_edit),
+                             ("zoo_table", self._table),
+                             ("current_backbone", self._current_label),
+                             ("pretrained_radio", self._pretrained_radio),
+                             ("scratch_radio", self._scratch_radio),
+                             ("local_radio", self._local_radio),
+                             ("weights_path_edit", self._path_edit),
+                             ("weights_browse_button", self._path_button),
+                             ("weights_status", self._weights_status),
+                             ("head_combo", self._head_combo),
+                             ("hidden_spin", self._hidden_spin),
+                             ("dropout_spin", self._dropout_spin),
+                             ("image_size_spin", self._size_spin),
+                             ("backbone_error", self._error)):
+            widget.setObjectName(name)  # stable handles for tests and the main window
+
+        project.config_changed.connect(self._on_project_config_changed)
+        self._sync_from_config()
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build_zoo(self) -> None:
+        self._search_edit = QLineEdit()
+        self._search_edit.setPlaceholderText("Search by name or family, e.g. resnet, mobilenet")
+        self._search_edit.setToolTip("Show only backbones whose name or family contains this "
+                                     "text; Enter picks the first one")
+        self._search_edit.setClearButtonEnabled(True)
+        self._search_edit.textChanged.connect(self._on_search_edit_text_changed)
+        self._search_edit.returnPressed.connect(self._on_search_edit_return_pressed)
+        self._count_label = QLabel()
+        self._current_label = QLabel()
+        self._current_label.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._current_label.setToolTip("The backbone this project trains")
+        self._search_row = QHBoxLayout()
+        search_label = QLabel("&Search:")
+        search_label.setBuddy(self._search_edit)
+        self._search_row.addWidget(search_label)
+        self._search_row.addWidget(self._search_edit, 1)
+        self._search_row.addWidget(self._count_label)
+        self._search_row.addSpacing(16)
+        self._search_row.addWidget(self._current_label)
+
+        table = QTableView()
+        table.setModel(self._proxy)
+        table.setSortingEnabled(True)
+        table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.setAlternatingRowColors(True)
+        table.setWordWrap(False)
+        table.verticalHeader().hide()
+        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setHighlightSections(False)
+        table.setToolTip("The torchvision classification zoo; click a row to train that "
+                         "backbone, a header to sort")
+        table.selectionModel().currentRowChanged.connect(self._on_table_current_row_changed)
+        self._table = table
+        self._update_count()
+
+    def _build_weights(self) -> QGroupBox:
+        box = QGroupBox("Starting weights")
+        self._pretrained_radio = QRadioButton("Pretrained (ImageNet)")
+        self._pretrained_radio.setToolTip("Start from the backbone's ImageNet weights: the best "
+                                          "choice for most datasets")
+        self._scratch_radio = QRadioButton("None — train from scratch")
+        self._scratch_radio.setToolTip("Start from random weights; needs far more images and "
+                                       "epochs")
+        self._local_radio = QRadioButton("Local file…")
+        self._local_radio.setToolTip("Start from a .safetensors/.pth/.pt state dict on disk "
+                                     "(for example a checkpoint of an earlier run)")
+        self._weights_group = QButtonGroup(self)
+        for button_id, radio in enumerate((self._pretrained_radio, self._scratch_radio,
+                                           self._local_radio)):
+            self._weights_group.addButton(radio, button_id)
+        self._weights_group.idToggled.connect(self._on_weights_group_id_toggled)
+
+        self._path_edit = QLineEdit()
+        self._path_edit.setPlaceholderText("path to a .safetensors, .pth or .pt file")
+        self._path_edit.setToolTip("The weights file to start from; tensors that do not fit "
+                                   "the model (its old head) are skipped")
+        self._path_edit.setClearButtonEnabled(True)
+        self._path_edit.editingFinished.connect(self._on_path_edit_editing_finished)
+        self._path_button = QPushButton("Browse…")
+        self._path_button.setToolTip("Choose a weights file in a file dialog")
+        self._path_button.clicked.connect(self._on_path_button_clicked)
+
+        self._weights_status = QLabel()
+        self._weights_status.setWordWrap(True)
+        self._weights_status.setTextFormat(Qt.TextFormat.PlainText)
+        self._weights_status.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._weights_status.setMinimumHeight(self.fontMetrics().height() * 2)
+        self._weights_status.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+
+        grid = QGridLayout(box)
+        grid.addWidget(self._pretrained_radio, 0, 0, 1, 3)
+        grid.addWidget(self._scratch_radio, 1, 0, 1, 3)
+        grid.addWidget(self._local_radio, 2, 0)
+        grid.addWidget(self._path_edit, 2, 1)
+        grid.addWidget(self._path_button, 2, 2)
+        grid.addWidget(self._weights_status, 3, 0, 1, 3)
+        grid.setColumnStretch(1, 1)
+        grid.setRowStretch(3, 1)
+        return box
+
+    def _build_head(self) -> QGroupBox:
+        box = QGroupBox("Head and input")
+        self._head_combo = QComboBox()
+        for value, text, tip in HEAD_CHOICES:
+            self._head_combo.addItem(text, value)
+            self._head_combo.setItemData(self._head_combo.count() - 1, tip,
+                                         Qt.ItemDataRole.ToolTipRole)
+        self._head_combo.setToolTip("The new classifier layer(s) that replace ImageNet's head")
+        self._head_combo.currentIndexChanged.connect(self._on_head_combo_index_changed)
+        self._hidden_spin = QSpinBox()
+        self._hidden_spin.setRange(8, 8192)
+        self._hidden_spin.setSingleStep(64)
+        self._hidden_spin.setKeyboardTracking(False)
+        self._hidden_spin.setToolTip("Units in the MLP head's hidden layer")
+        self._hidden_spin.valueChanged.connect(self._on_hidden_spin_value_changed)
+        self._dropout_spin = QDoubleSpinBox()
+        self._dropout_spin.setRange(0.0, 0.95)
+        self._dropout_spin.setSingleStep(0.05)
+        self._dropout_spin.setDecimals(2)
+        self._dropout_spin.setKeyboardTracking(False)
+        self._dropout_spin.setToolTip("Share of hidden units dropped at random while training "
+                                      "(MLP head only)")
+        self._dropout_spin.valueChanged.connect(self._on_dropout_spin_value_changed)
+        self._size_spin = ImageSizeSpinBox()
+        self._size_spin.setToolTip("Side of the square images the model sees; 'from weights' "
+                                   "uses the pretrained weights' size")
+        self._size_spin.valueChanged.connect(self._on_size_spin_value_changed)
+
+        form = QFormLayout(box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+        form.addRow("&Head:", self._head_combo)
+        form.addRow("Hidden &units:", self._hidden_spin)
+        form.addRow("&Dropout:", self._dropout_spin)
+        form.addRow("&Image size:", self._size_spin)
+        return box
+
+    # -- user edits -------------------------------------------------------------------------
+
+    def _on_search_edit_text_changed(self, text: str) -> None:
+        self._syncing = True  # a hidden current row moves the cursor; that is not a choice
+        try:
+            self._proxy.setFilterFixedString(text.strip())
+        finally:
+            self._syncing = False
+        self._update_count()
+        self._select_current(scroll=True)
+
+    def _on_search_edit_return_pressed(self) -> None:
+        if self._proxy.rowCount() > 0:
+            self._table.setCurrentIndex(self._proxy.index(0, 0))
+
+    def _on_table_current_row_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        if self._syncing or not current.isValid():
+            return
+        name = current.data(NAME_ROLE)
+        model = self._project.config.model
+        if not name or name == model.backbone:
+            return
+        fields: dict[str, Any] = {"backbone": name}
+        if _is_weights_name(model.weights):  # e.g. IMAGENET1K_V2: keep it only where it exists
+            try:
+                resolve_weights(name, model.weights)
+            except StudioError:
+                fields["weights"] = "default"
+        self._update("model", **fields)
+
+    def _on_weights_group_id_toggled(self, button_id: int, checked: bool) -> None:
+        if self._syncing or not checked:
+            return
+        self._path_edit.setEnabled(button_id == LOCAL)
+        self._path_button.setEnabled(button_id == LOCAL)
+        self._awaiting_file = False
+        if button_id == PRETRAINED:
+            self._update("model", weights="default")
+        elif button_id == SCRATCH:
+            self._update("model", weights="none")
+        elif self._path_edit.text().strip():
+            self._write_local_path(self._path_edit.text())
+        else:
+            self._awaiting_file = True
+            self._show_weights_status()
+            self._path_edit.setFocus()
+
+    def _on_path_edit_editing_finished(self) -> None:
+        if self._local_radio.isChecked() and self._path_edit.text().strip():
+            self._write_local_path(self._path_edit.text())
+
+    def _on_path_button_clicked(self) -> None:
+        current = self._path_edit.text().strip()
+        start = str(Path(current).expanduser().parent) if current else str(Path.home())
+        path, _filter = QFileDialog.getOpenFileName(
+            self, "Choose a weights file", start,
+            "Weights (*.safetensors *.pth *.pt);;All files (*)")
+        if path:
+            with QSignalBlocker(self._weights_group):
+                self._local_radio.setChecked(True)
+            self._write_local_path(path)
+
+    def _write_local_path(self, text: str) -> None:
+        # An absolute path: the engine tells a file from a weights name by its separator.
+        path = str(Path(text.strip()).expanduser().absolute())
+        self._awaiting_file = False
+        with QSignalBlocker(self._path_edit):
+            self._path_edit.setText(path)
+        if path != self._project.config.model.weights:
+            self._update("model", weights=path)
+        else:
+            self._show_weights_status()
+
+    def _on_head_combo_index_changed(self, _index: int) -> None:
+        self._write_head()
+
+    def _on_hidden_spin_value_changed(self, _value: int) -> None:
+        self._write_head()
+
+    def _on_dropout_spin_value_changed(self, _value: float) -> None:
+        self._write_head()
+
+    def _write_head(self) -> None:
+        kind = self._head_combo.currentData()
+        self._enable_head_fields(kind)
+        try:
+            head = HeadConfig(kind=kind, hidden=self._hidden_spin.value(),
+                              dropout=round(self._dropout_spin.value(), 2))
+        except ConfigError as error:  # the spin boxes' ranges should make this impossible
+            self._refusal = sentence(str(error))
+            self._sync_from_config()
+            return
+        if head != self._project.config.model.head:
+            self._update("model", head=head)
+
+    def _on_size_spin_value_changed(self, value: int) -> None:
+        self._update("data", image_size=value or None)
+
+    def _update(self, section: str, **fields: Any) -> None:
+        """Write to the project; a refused value shows its reason and the widgets go back."""
+        self._refusal = ""
+        try:
+            self._project.update(section, **fields)
+        except ConfigError as error:
+            self._refusal = sentence(str(error))
+            self._sync_from_config()
+        self._show_error()
+
+    # -- following the project --------------------------------------------------------------
+
+    def _on_project_config_changed(self, _config: object) -> None:
+        self._sync_from_config()
+
+    def _sync_from_config(self) -> None:
+        config = self._project.config
+        model = config.model
+        self._syncing = True
+        try:
+            spec = model.weights
+            choice = SCRATCH if spec == "none" else LOCAL if is_weights_file(spec) else PRETRAINED
+            if self._awaiting_file and choice != LOCAL:
+                choice = LOCAL  # keep the user's "Local file…" until a file is chosen
+            with QSignalBlocker(self._weights_group):
+                self._weights_group.button(choice).setChecked(True)
+            if is_weights_file(spec) and not self._path_edit.hasFocus():
+                with QSignalBlocker(self._path_edit):
+                    self._path_edit.setText(spec)
+            self._path_edit.setEnabled(choice == LOCAL)
+            self._path_button.setEnabled(choice == LOCAL)
+            with QSignalBlocker(self._head_combo):
+                self._head_combo.setCurrentIndex(max(0, self._head_combo.findData(model.head.kind)))
+            with QSignalBlocker(self._hidden_spin):
+                self._hidden_spin.setValue(model.head.hidden)
+            with QSignalBlocker(self._dropout_spin):
+                self._dropout_spin.setValue(model.head.dropout)
+            self._enable_head_fields(model.head.kind)
+            with QSignalBlocker(self._size_spin):
+                self._size_spin.setValue(config.data.image_size or 0)
+            self._select_current(scroll=True)
+        finally:
+            self._syncing = False
+        self._show_weights_status()
+        self._show_error()
+
+    def _select_current(self, scroll: bool) -> None:
+        """Select the config's backbone in the table (when the filter shows it)."""
+        name = self._project.config.model.backbone
+        row = self._model.row_of(name)
+        info = self._model.info(row) if row >= 0 else None
+        self._current_label.setText(_current_text(name, info))
+        if info is not None:
+            self._size_spin.natural_size = info.input_size
+        index = self._proxy.mapFromSource(self._model.index(row, 0)) if row >= 0 \
+            else QModelIndex()
+        current = self._table.currentIndex()
+        if index.isValid() and current.isValid() and current.row() == index.row() and \
+                self._table.selectionModel().isRowSelected(index.row(), QModelIndex()):
+            return
+        was_syncing, self._syncing = self._syncing, True
+        try:
+            if index.isValid():
+                self._table.selectionModel().setCurrentIndex(
+                    index, QItemSelectionModel.SelectionFlag.ClearAndSelect
+                    | QItemSelectionModel.SelectionFlag.Rows)
+                if scroll:
+                    self._table.scrollTo(index, QAbstractItemView.ScrollHint.PositionAtCenter)
+            else:  # hidden by the search: no row may look chosen, or a click on it is lost
+                self._table.selectionModel().clear()
+        finally:
+            self._syncing = was_syncing
+
+    def _enable_head_fields(self, kind: str) -> None:
+        self._hidden_spin.setEnabled(kind == "mlp")
+        self._dropout_spin.setEnabled(kind == "mlp")
+
+    def _update_count(self) -> None:
+        shown, total = self._proxy.rowCount(), self._model.rowCount()
+        self._count_label.setText(f"{total} models" if shown == total
+                                  else f"{shown} of {total} models")
+
+    # -- the weights line -------------------------------------------------------------------
+
+    def _show_weights_status(self) -> None:
+        config = self._project.config
+        name, spec = config.model.backbone, config.model.weights
+        try:
+            info = backbone_info(name)
+        except StudioError as error:
+            self._set_status(sentence(str(error)), ERROR_COLOR)
+            return
+        if self._awaiting_file and not is_weights_file(spec):
+            self._set_status("Choose a .safetensors, .pth or .pt file to start from.", None)
+        elif spec == "none":
+            self._set_status("The backbone starts from random weights: expect to need many "
+                             "more images and epochs than with pretrained weights.", MUTED_COLOR)
+        elif is_weights_file(spec):
+            self._set_status(*_local_file_status(spec))
+        else:
+            self._set_status(*_pretrained_status(info, spec))
+
+    def _set_status(self, text: str, color: str | None) -> None:
+        self._weights_status.setText(text)
+        self._weights_status.setStyleSheet(f"color: {color};" if color else "")
+
+    def _show_error(self) -> None:
+        """The last refusal, or else a size the chosen backbone cannot take."""
+        text = self._refusal
+        config = self._project.config
+        size = config.data.image_size
+        row = self._model.row_of(config.model.backbone)
+        if not text and size is not None and row >= 0:
+            info = self._model.info(row)
+            if size < info.min_size:
+                text = (f"{info.name} needs images of at least {info.min_size} pixels; choose "
+                        f"a larger image size or 'from weights'.")
+        self._error.setText(text)
+        self._error.setVisible(bool(text))
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self._show_weights_status()  # a download since the panel was last seen
+
+
+def _is_weights_name(spec: str) -> bool:
+    return spec not in ("default", "none") and not is_weights_file(spec)
+
+
+def _pretrained_status(info: BackboneInfo, spec: str) -> tuple[str, str]:
+    try:
+        weights = resolve_weights(info.name, spec)
+    except StudioError as error:
+        return sentence(str(error)), ERROR_COLOR
+    if weights is None:
+        return f"{info.name} has no pretrained weights; choose None or a local file.", ERROR_COLOR
+    path = hub_cache_path(weights)
+    label = "" if spec == "default" else f" {weights.name}"
+    if pretrained_available(weights):
+        return f"Pretrained weights{label} are cached ({path}).", OK_COLOR
+    size = f" ({info.file_size_mb:.0f} MB)" if info.file_size_mb and spec == "default" else ""
+    return (f"Not cached: the weights{label}{size} will be downloaded when training starts "
+            f"(needs internet). Offline? Download {weights.url} and save it as {path}, or "
+            f"choose None."), AMBER_COLOR
+
+
+def _local_file_status(spec: str) -> tuple[str, str]:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return f"{path} is a folder; choose the weights file inside it.", ERROR_COLOR
+    if not path.is_file():
+        return (f"Weights file {path} does not exist; choose another file, or Pretrained or "
+                f"None."), ERROR_COLOR
+    if path.suffix.lower() not in LOCAL_SUFFIXES:
+        return (f"{path.name} is not a weights file Studio reads; use .safetensors, .pth or "
+                f".pt."), ERROR_COLOR
+    size = path.stat().st_size / 1e6
+    return (f"Weights will be read from {path} ({size:.1f} MB); tensors that do not fit the "
+            f"model, such as an old head, are skipped."), MUTED_COLOR
+
+
+def _current_text(name: str, info: BackboneInfo | None) -> str:
+    if info is None:
+        return f"Backbone: <b>{name}</b> <span style='color:{ERROR_COLOR}'>(not in the zoo)</span>"
+    acc = f", {info.acc1:.1f} % acc@1" if info.acc1 is not None else ""
+    return f"Backbone: <b>{name}</b> ({info.params / 1e6:.1f} M parameters{acc})"
+
