@@ -44,11 +44,12 @@ def create_app(argv: list[str] | None = None) -> object:
     return app
 
 
-def build_window(project_file: str | None = None, demo: bool = False) -> object:
+def build_window(project_file: str | None = None, demo: bool = False,
+                 settings: object | None = None) -> object:
     """The main window, with a project opened or the demo loaded."""
     from studio.ui.main_window import MainWindow
 
-    window = MainWindow()
+    window = MainWindow(settings=settings)  # type: ignore[arg-type]
     if project_file:
         window.open_project(project_file)
     elif demo:
@@ -58,8 +59,44 @@ def build_window(project_file: str | None = None, demo: bool = False) -> object:
     return window
 
 
+def _import_engine() -> None:
+    """The slow part of start-up (torch, torchvision: seconds), done off the GUI thread."""
+    import studio.engine.backbones  # noqa: F401
+    import studio.engine.trainer  # noqa: F401
+
+
 def run(project_file: str | None = None, demo: bool = False) -> int:
+    """Show a splash at once, import torch in a thread meanwhile, then open the window."""
+    import threading
+
+    from PySide6.QtCore import Qt, QTimer
+    from PySide6.QtGui import QColor, QFont, QPixmap
+    from PySide6.QtWidgets import QSplashScreen
+
     app = create_app()
-    window = build_window(project_file, demo)
-    window.show()  # type: ignore[attr-defined]
+    pixmap = QPixmap(460, 150)
+    pixmap.fill(QColor("#2b5d8c"))
+    splash = QSplashScreen(pixmap)
+    font = QFont(splash.font())
+    font.setPointSize(13)
+    splash.setFont(font)
+    splash.showMessage("Finetune Studio\n\nloading PyTorch…",
+                       Qt.AlignmentFlag.AlignCenter, QColor("white"))
+    splash.show()
+    app.processEvents()  # type: ignore[attr-defined]
+
+    loader = threading.Thread(target=_import_engine, name="studio-import", daemon=True)
+    loader.start()
+    state: dict[str, object] = {}
+
+    def open_window() -> None:
+        if loader.is_alive():
+            QTimer.singleShot(30, open_window)
+            return
+        window = build_window(project_file, demo)
+        state["window"] = window
+        window.show()  # type: ignore[attr-defined]
+        splash.finish(window)  # type: ignore[arg-type]
+
+    QTimer.singleShot(0, open_window)
     return int(app.exec())  # type: ignore[attr-defined]

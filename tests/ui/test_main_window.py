@@ -156,3 +156,17 @@ def test_a_backbone_change_rebuilds_the_tree_and_keeps_choices(window: MainWindo
     names = {tree.index(r, 0).data() for r in range(tree.rowCount(QModelIndex()))}
     assert {"conv1", "layer4", "fc"} <= names
     assert window.project.config.freeze.preset == "head_only"
+
+
+def test_demo_opens_with_the_sample_and_a_small_backbone(qtbot, tmp_path: Path) -> None:
+    from studio.ui.app import build_window
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    window = build_window(demo=True, settings=settings)
+    qtbot.addWidget(window)
+    project = window.project
+    qtbot.waitUntil(lambda: project.scan is not None and project.description is not None,
+                    timeout=60_000)
+    assert project.scan.classes == ("0", "1", "2", "3", "4")
+    assert project.config.model.backbone == "resnet18"
+    assert project.config.data.root == str(sample_dataset())
