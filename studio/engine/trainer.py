@@ -549,10 +549,7 @@ class Trainer:
             paused += self._wait_while_paused(stop, pause)
             if stop.is_set():
                 return None
-            images = images.to(self.device, non_blocking=True,
-                                memory_format=torch.channels_last if self.channels_last
-                                else torch.preserve_format)
-            targets = targets.to(self.device, non_blocking=True)
+            images, targets = self._to_device(images, targets)
             with autocast:
                 logits = model(images)
                 loss = self.criterion(logits, targets)
@@ -591,6 +588,12 @@ class Trainer:
         busy = time.monotonic() - began - paused
         return (epoch_loss / max(1, seen)).item(), correct.item() / max(1, seen), seen, busy
 
+    def _to_device(self, images: torch.Tensor, targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        layout = torch.channels_last if self.channels_last else torch.preserve_format
+        return (images.to(self.device, non_blocking=True, memory_format=layout),
+                targets.to(self.device, non_blocking=True))
+
     def _optimizer_step(self, trainable: Sequence[torch.Tensor]) -> None:
         optimizer = self.optimizer
         assert optimizer is not None
@@ -627,10 +630,7 @@ class Trainer:
             for images, targets in self.val_loader:
                 if stop.is_set():
                     return None
-                images = images.to(self.device, non_blocking=True,
-                                    memory_format=torch.channels_last if self.channels_last
-                                    else torch.preserve_format)
-                targets = targets.to(self.device, non_blocking=True)
+                images, targets = self._to_device(images, targets)
                 logits = self.model(images).float()
                 total_loss += F.cross_entropy(logits, targets, reduction="sum")
                 correct += (logits.argmax(1) == targets).sum()

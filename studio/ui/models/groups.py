@@ -26,6 +26,7 @@ from studio.engine.config import ParamGroupSpec, RunConfig
 from studio.engine.errors import ConfigError
 from studio.engine.params import DEFAULT_GROUP, assign_groups, is_under, matches
 from studio.ui.project import ProjectModel
+from studio.ui.text import sentence
 
 NAME_COLUMN, PATTERNS_COLUMN, LR_COLUMN, DECAY_COLUMN, PARAMS_COLUMN = range(5)
 HEADERS = ("Name", "Patterns", "Learning rate", "Weight decay", "Parameters")
@@ -215,7 +216,7 @@ class GroupTableModel(QAbstractTableModel):
         try:
             self._project.set_groups(groups)
         except ConfigError as error:
-            self.edit_refused.emit(_sentence(str(error)))
+            self.edit_refused.emit(sentence(str(error)))
             return False
         return True
 
@@ -346,11 +347,6 @@ class GroupTableModel(QAbstractTableModel):
         if column == DECAY_COLUMN and group.weight_decay is None:
             return "Uses the optimizer's weight decay; type a value to override it"
         return HEADER_TIPS[column]
-
-
-def _sentence(message: str) -> str:
-    message = message[:1].upper() + message[1:]
-    return message if message.endswith(".") else message + "."
 
 
 def _example(names: tuple[str, ...]) -> str:

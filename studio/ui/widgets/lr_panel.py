@@ -56,6 +56,7 @@ from studio.ui.models.groups import (
     parse_number,
 )
 from studio.ui.project import ProjectModel
+from studio.ui.text import sentence
 
 ERROR_STYLE = "color: #c62828;"
 STAGE_HEADERS = ("From epoch", "Unfreezes", "Trainable", "LR scale")
@@ -313,7 +314,7 @@ class LearningRatePanel(QWidget):
         try:
             self._project.update("optim", **fields)
         except ConfigError as error:
-            self._show(error_label, _sentence(str(error)))
+            self._show(error_label, sentence(str(error)))
             return
         self._show(error_label, "")
 
@@ -335,7 +336,7 @@ class LearningRatePanel(QWidget):
             spread = discriminative(groups, self._project.config.optim.lr,
                                     self.factor_spin.value())
         except ConfigError as error:
-            self._show(self.refusal_label, _sentence(str(error)))
+            self._show(self.refusal_label, sentence(str(error)))
             return
         self.model.apply(spread)
 
@@ -386,7 +387,7 @@ class LearningRatePanel(QWidget):
             groups = default_groups(description.model, description.head, lr)
         except ConfigError as error:
             if not quiet:
-                self._show(self.refusal_label, _sentence(str(error)))
+                self._show(self.refusal_label, sentence(str(error)))
             return None
         self._grouping_cache = (description, lr, groups)
         return groups
@@ -423,7 +424,7 @@ class LearningRatePanel(QWidget):
         try:
             self._project.set_config(config.replace(freeze=freeze, stages=stages))
         except ConfigError as error:
-            self._show(self.stage_error, _sentence(str(error)))
+            self._show(self.stage_error, sentence(str(error)))
             self._sync_progressive(self._project.config)
             return
         self._show(self.stage_error, "")
@@ -443,7 +444,7 @@ class LearningRatePanel(QWidget):
                                         self.every_spin.value(),
                                         self._project.config.freeze.bn_frozen)
         except ConfigError as error:
-            return (), _sentence(str(error))
+            return (), sentence(str(error))
         return stages, ""
 
     def _sync_progressive(self, config: RunConfig) -> None:
@@ -559,9 +560,3 @@ def _scale_text(scale: dict[str, float]) -> str:
     if not scale:
         return "—"
     return ", ".join(f"{'all' if g == '*' else g} ×{v:g}" for g, v in scale.items())
-
-
-def _sentence(message: str) -> str:
-    message = message[:1].upper() + message[1:]
-    return message if message.endswith(".") else message + "."
-
