@@ -179,6 +179,7 @@ class MainWindow(QMainWindow):
         session.paused_changed.connect(panel.set_paused)
         session.fit_started.connect(panel.on_fit_started)
         session.fit_started.connect(self.curves_panel.on_fit_started)
+        session.stage_started.connect(self.curves_panel.on_stage_started)
         session.batch_ended.connect(panel.on_batch_ended)
         session.batch_ended.connect(self.curves_panel.on_batch_ended)
         session.epoch_ended.connect(panel.on_epoch_ended)
@@ -272,8 +273,7 @@ class MainWindow(QMainWindow):
         config = self.project.config
         runs = Path(self.settings.value("paths/runs_dir", str(default_runs_dir())))
         run_dir = runs / f"{config.model.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.curves_panel.clear()
-        self.session.start(config, run_dir)
+        self.session.start(config, run_dir)  # the curves keep this run's predecessor, faint
         self.steps.setCurrentRow(self.PAGES.index("Train"))
 
     @Slot(bool)

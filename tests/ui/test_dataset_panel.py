@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QComboBox,
@@ -192,7 +192,7 @@ def test_opened_config_sets_widgets_and_scans_without_writing_back(qtbot, panel,
 def test_a_folder_dropped_on_the_panel_is_scanned(qtbot, panel, project, dataset) -> None:
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(dataset))])
-    enter = QDragEnterEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime,
+    enter = QDragEnterEvent(QPoint(20, 20), Qt.DropAction.CopyAction, mime,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     panel.dragEnterEvent(enter)
     assert enter.isAccepted()
@@ -207,7 +207,7 @@ def test_a_folder_dropped_on_the_panel_is_scanned(qtbot, panel, project, dataset
 def test_dragged_text_is_refused(panel) -> None:
     mime = QMimeData()
     mime.setText("just some text")
-    enter = QDragEnterEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime,
+    enter = QDragEnterEvent(QPoint(20, 20), Qt.DropAction.CopyAction, mime,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     panel.dragEnterEvent(enter)
     assert not enter.isAccepted()
