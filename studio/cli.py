@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(handler=_cmd_scan)
 
     _add_train_parser(commands)
+    _add_export_parser(commands)
 
     zoo = commands.add_parser("models", help="list the torchvision backbones")
     zoo.add_argument("filter", nargs="?", default="", help="show names containing this text")
@@ -426,3 +427,68 @@ class TerminalProgress(Callback):
         prefix = "error: " if event.outcome.value == "failed" else ""
         where = f", run folder {event.run_dir}" if os.path.isdir(event.run_dir) else ""
         self._line(f"{prefix}{event.message}{best} ({_duration(event.seconds)}{where})")
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+EXPORT_FORMATS = ("onnx", "int8", "torchscript", "safetensors", "bundle")  # export.FORMATS
+
+
+def _add_export_parser(commands: Any) -> None:
+    export = commands.add_parser(
+        "export", help="export a trained run to ONNX, int8, TorchScript or safetensors, verified",
+        description="Export a run's checkpoint and verify the file against PyTorch on validation "
+                    "images of the run and a random batch (max logit difference, top-1 "
+                    "agreement). Writes export_report.json beside the files; exits 0 only when "
+                    "every file is verified.")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by studio train")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+                        help="onnx (default), int8 (quantized ONNX), torchscript, safetensors, "
+                             "or bundle: all of them with a model card and predict.py")
+    export.add_argument("--out", metavar="PATH",
+                        help="folder to write (default RUN_DIR/export/FORMAT), or a file name "
+                             "such as model.onnx for a single format")
+    export.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                        help="which checkpoint of the run (default best)")
+    export.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18)")
+    export.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from studio.engine.export import export_run
+
+    def progress(message: str) -> None:
+        print(f"{message}…", file=sys.stderr, flush=True)
+
+    report = export_run(args.run_dir, args.format, out=args.out, checkpoint=args.checkpoint,
+                        opset=args.opset, progress=progress)
+    print(format_export(report))
+    return EXIT_OK if report.verified else EXIT_ERROR
+
+
+def format_export(report: Any) -> str:
+    """A few lines: what was exported where, and how each file was verified."""
+    epoch = f", epoch {report.epoch}" if report.epoch is not None else ""
+    lines = [f"Exported {report.run_dir} ({report.backbone}, {report.checkpoint} "
+             f"checkpoint{epoch}) to {report.out_dir}"]
+    for result in report.results:
+        files = ", ".join(f.name for f in result.files)
+        size = result.size_bytes / 1e6
+        how = result.exporter or ""
+        if result.format in ("onnx", "int8") and result.opset is not None:
+            how = (f"{result.exporter} exporter" if result.format == "onnx" else how) \
+                + f", opset {result.opset}"
+        lines.append(f"  {result.format:<12} {files}  {size:.1f} MB  {how}")
+        for attempt in result.attempts:
+            kind, _, detail = attempt["outcome"].partition(": ")
+            if kind == "failed":
+                lines.append(f"  {'':<12} (the {attempt['exporter']} exporter failed: {detail})")
+            elif kind == "mismatch":
+                lines.append(f"  {'':<12} (the {attempt['exporter']} exporter's file did not "
+                             f"match PyTorch: {detail})")
+        state = "verified" if result.verified else "NOT verified"
+        lines.append(f"  {'':<12} {state}: {result.message}")
+    lines.append(f"Images: {report.dataset_note}.")
+    lines.append(f"Report: {report.report_path}")
+    return "\n".join(lines)

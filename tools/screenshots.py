@@ -60,7 +60,17 @@ def main() -> int:
         app.processEvents()
         time.sleep(0.02)
     window.grab().save(str(out / "5-train.png"))
-    print(f"saved {len(shots) + 1} screenshots to {out}")
+    window.steps.setCurrentRow(5)
+    panel = window.export_panel
+    next(b for b in panel.format_group.buttons() if b.property("format") == "onnx").setChecked(True)
+    reports: list[object] = []
+    panel.export_finished.connect(reports.append)
+    panel.start_export()
+    _wait(app, lambda: bool(reports) or not panel.progress.isVisible(), 600)
+    for _ in range(30):
+        app.processEvents()
+    window.grab().save(str(out / "6-export.png"))
+    print(f"saved {len(shots) + 2} screenshots to {out}")
     window.close()
     return 0
 

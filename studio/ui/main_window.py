@@ -37,6 +37,7 @@ from studio.ui.tasks import BackgroundTask
 from studio.ui.widgets.backbone_panel import BackbonePanel
 from studio.ui.widgets.curves_panel import CurvesPanel
 from studio.ui.widgets.dataset_panel import DatasetPanel
+from studio.ui.widgets.export_panel import ExportPanel, run_has_checkpoint
 from studio.ui.widgets.layers_panel import LayersPanel
 from studio.ui.widgets.lr_panel import LearningRatePanel
 from studio.ui.widgets.training_panel import TrainingPanel
@@ -55,7 +56,7 @@ def default_runs_dir() -> Path:
 class MainWindow(QMainWindow):
     """The Finetune Studio window."""
 
-    PAGES = ("Dataset", "Backbone", "Layers", "Learning rates", "Train")
+    PAGES = ("Dataset", "Backbone", "Layers", "Learning rates", "Train", "Export")
 
     def __init__(self, project: ProjectModel | None = None,
                  settings: QSettings | None = None, parent: QWidget | None = None) -> None:
@@ -75,6 +76,7 @@ class MainWindow(QMainWindow):
         self.lr_panel = LearningRatePanel(self.project)
         self.training_panel = TrainingPanel(self.project)
         self.curves_panel = CurvesPanel()
+        self.export_panel = ExportPanel()
 
         train_page = QSplitter(Qt.Orientation.Horizontal)
         train_page.addWidget(self.training_panel)
@@ -85,7 +87,7 @@ class MainWindow(QMainWindow):
 
         self.pages = QStackedWidget()
         for widget in (self.dataset_panel, self.backbone_panel, self.layers_panel,
-                       self.lr_panel, train_page):
+                       self.lr_panel, train_page, self.export_panel):
             self.pages.addWidget(widget)
         self.steps = QListWidget()
         self.steps.setObjectName("steps")
@@ -94,7 +96,7 @@ class MainWindow(QMainWindow):
         icons = (QStyle.StandardPixmap.SP_DirIcon, QStyle.StandardPixmap.SP_ComputerIcon,
                  QStyle.StandardPixmap.SP_FileDialogDetailedView,
                  QStyle.StandardPixmap.SP_FileDialogContentsView,
-                 QStyle.StandardPixmap.SP_MediaPlay)
+                 QStyle.StandardPixmap.SP_MediaPlay, QStyle.StandardPixmap.SP_DialogSaveButton)
         for number, (title, icon) in enumerate(zip(self.PAGES, icons, strict=True), start=1):
             item = QListWidgetItem(self.style().standardIcon(icon), f"{number}. {title}")
             item.setSizeHint(QSize(170, 36))
@@ -291,6 +293,8 @@ class MainWindow(QMainWindow):
         self._last_result = result
         self.training_panel.on_fit_ended(result)
         self.curves_panel.on_fit_ended(result)
+        if run_has_checkpoint(result.run_dir):
+            self.export_panel.set_run_dir(result.run_dir)
 
     # -- files ----------------------------------------------------------------------------
 

@@ -170,3 +170,25 @@ def test_demo_opens_with_the_sample_and_a_small_backbone(qtbot, tmp_path: Path) 
     assert project.scan.classes == ("0", "1", "2", "3", "4")
     assert project.config.model.backbone == "resnet18"
     assert project.config.data.root == str(sample_dataset())
+
+
+def test_a_finished_run_exports_to_verified_onnx_from_the_export_page(window: MainWindow,
+                                                                      qtbot) -> None:
+    load_sample(window, qtbot)
+    panel = window.export_panel
+    assert not panel.export_button.isEnabled()  # nothing trained yet
+    with qtbot.waitSignal(window.session.finished, timeout=120_000) as finished:
+        qtbot.mouseClick(window.training_panel.train_button, Qt.MouseButton.LeftButton)
+    run_dir = finished.args[0].run_dir
+    assert panel.run_edit.text() == run_dir and panel.export_button.isEnabled()
+
+    window.steps.setCurrentRow(window.PAGES.index("Export"))
+    onnx = next(b for b in panel.format_group.buttons() if b.property("format") == "onnx")
+    onnx.setChecked(True)
+    with qtbot.waitSignal(panel.export_finished, timeout=120_000) as exported:
+        qtbot.mouseClick(panel.export_button, Qt.MouseButton.LeftButton)
+    report = exported.args[0]
+    assert report.verified
+    assert panel.table.rowCount() == 1 and panel.table.item(0, 6).text() == "✓ yes"
+    assert "Verified" in panel.status_label.text()
+    assert (Path(report.out_dir) / "export_report.json").is_file()

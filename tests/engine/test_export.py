@@ -1,0 +1,548 @@
+"""Export as a user meets it: every format written from a trained run, each file reloaded with its
+own runtime (onnxruntime; ``torch.jit.load`` in a fresh process without studio; safetensors),
+labels and preprocessing carried along, a dynamic batch axis, parity with PyTorch, a broken
+export refused, ``predict.py`` classifying a PNG, and one model of every zoo family exported.
+
+The run is resnet18 at 32 px trained 3 epochs on 3 colours × 6 images: unlike mobilenet_v3_small
+and squeezenet1_1 from scratch (their eval-mode logits stayed constant across images after a few
+epochs), it separates the colours, so parity and predict.py are checked on logits that matter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+import studio.engine.export as export
+from studio.engine.backbones import backbone_info, build_model, list_backbones
+from studio.engine.checkpoint import load_checkpoint
+from studio.engine.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+from studio.engine.data import Preprocessing, build_transforms, load_image
+from studio.engine.events import Outcome
+from studio.engine.export import (
+    ExportError,
+    compare,
+    export_bundle,
+    export_model_onnx,
+    export_run,
+    load_run_model,
+    read_onnx_metadata,
+    read_torchscript_extras,
+)
+from studio.engine.trainer import Trainer
+
+LABELS = ["blue", "green", "red"]  # the tiny dataset's classes, sorted
+SIZE = 32
+WAIT = 120  # seconds: a bound on subprocesses
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory,
+            make_tiny_dataset: Callable[..., Path]) -> Path:
+    """A finished tiny run: resnet18, 32 px, 3 epochs on 3 classes × 6 images of 16 px."""
+    root = tmp_path_factory.mktemp("export-run")
+    data = make_tiny_dataset(root / "data", per_class=6, size=16)
+    config = RunConfig(
+        data=DataConfig(root=str(data), image_size=SIZE, augment="none"),
+        model=ModelConfig(backbone="resnet18", weights="none"),
+        optim=OptimConfig(lr=1e-3, schedule="none"),
+        train=TrainConfig(epochs=3, batch_size=4, workers=0, precision="fp32", device="cpu",
+                          seed=0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from two busy cores
+    try:
+        result = Trainer(config, root / "run").fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert result.outcome is Outcome.COMPLETED, result.message
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir: Path) -> export.ExportReport:
+    return export_bundle(run_dir)
+
+
+@pytest.fixture(scope="module")
+def images(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
+    """Every image of the dataset through the run's eval transforms, with labels and paths."""
+    model, labels, prep, config = load_run_model(run_dir)
+    paths = sorted(Path(config.data.root).glob("*/*.png"))
+    transform = build_transforms(Preprocessing(prep["resize"], prep["crop"]))
+    batch = torch.stack([transform(load_image(p)) for p in paths])
+    targets = torch.tensor([labels.index(p.parent.name) for p in paths])
+    return batch, targets, paths
+
+
+@pytest.fixture
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+def reference(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(batch).numpy()
+
+
+def corrupt_onnx(path: Path) -> None:
+    """What a wrong translation looks like: every weight changed."""
+    proto = onnx.load(str(path))
+    for tensor in proto.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32 and array.size > 1:
+            tensor.CopyFrom(numpy_helper.from_array(array * 1.5 + 0.1, tensor.name))
+    onnx.save(proto, str(path))
+
+
+def report_json(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "export_report.json").read_text(encoding="utf-8"))
+
+
+# -- loading a run ------------------------------------------------------------------------------
+
+
+def test_load_run_model_rebuilds_the_trained_network(run_dir: Path,
+                                                     images: tuple[Any, ...]) -> None:
+    model, labels, prep, config = load_run_model(run_dir)
+    assert not model.training
+    assert labels == LABELS
+    assert (prep["crop"], prep["channel_order"], prep["layout"]) == (SIZE, "RGB", "NCHW")
+    assert config.model.backbone == "resnet18"
+    saved = load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
+    batch, targets, _ = images
+    assert (reference(model, batch).argmax(1) == targets.numpy()).mean() >= 0.9, \
+        "the fixture's run should tell the colours apart"
+    last = load_run_model(run_dir, checkpoint="last")
+    assert last.labels == LABELS
+
+
+@pytest.mark.parametrize("problem,match", [
+    ("missing", "does not exist"), ("empty", "holds no checkpoint"),
+    ("no_best", "--checkpoint last"),
+])
+def test_unusable_run_folders_are_one_sentence(run_dir: Path, tmp_path: Path, problem: str,
+                                               match: str) -> None:
+    folder = tmp_path / "run"
+    if problem == "empty":
+        folder.mkdir()
+    elif problem == "no_best":
+        shutil.copytree(run_dir, folder)
+        (folder / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(ExportError, match=match) as error:
+        load_run_model(folder)
+    assert "\n" not in str(error.value)
+
+
+def test_wrong_checkpoint_name_and_opset_are_config_errors(run_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="best or last"):
+        load_run_model(run_dir, checkpoint="first")
+    with pytest.raises(ConfigError, match="opset must be between 7"):
+        export_run(run_dir, "onnx", opset=3)
+    with pytest.raises(ConfigError, match="format must be one of"):
+        export_run(run_dir, "tflite")
+
+
+def test_googlenet_from_imagenet_weights_keeps_its_input_transform(tmp_path: Path) -> None:
+    """torchvision sets transform_input when it loads Inception/GoogLeNet weights; it is not in
+    the state dict, so the rebuild must set it or the export would differ from training."""
+    built = build_model(ModelConfig(backbone="googlenet", weights="none"), 3, 64)
+    config = RunConfig(model=ModelConfig(backbone="googlenet", weights="IMAGENET1K_V1"),
+                       data=DataConfig(image_size=64))
+    prep = built.preprocessing.to_json()
+    model = export._rebuild(config, LABELS, prep, built.model.state_dict(), tmp_path / "x.pt")
+    assert model.transform_input is True
+    scratch = RunConfig(model=ModelConfig(backbone="googlenet", weights="none"),
+                        data=DataConfig(image_size=64))
+    model = export._rebuild(scratch, LABELS, prep, built.model.state_dict(), tmp_path / "x.pt")
+    assert model.transform_input is False
+
+
+# -- the bundle: every format -------------------------------------------------------------------
+
+
+def test_bundle_writes_every_format_verified(bundle: export.ExportReport,
+                                             run_dir: Path) -> None:
+    folder = run_dir / "export" / "bundle"
+    assert bundle.out_dir == folder and bundle.verified
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "model.pt", "model.safetensors", "labels.json",
+            "preprocessing.json", "config.toml", "README.md", "predict.py",
+            "export_report.json"} <= names
+    assert not [n for n in names if n.startswith(".")], "no scratch folder is left behind"
+    report = report_json(folder)
+    assert report["verified"] is True and report["format"] == "bundle"
+    assert report["labels"] == LABELS and report["backbone"] == "resnet18"
+    assert report["images_checked"] == 3  # one validation image per class
+    by_format = {entry["format"]: entry for entry in report["exports"]}
+    assert set(by_format) == {"onnx", "int8", "torchscript", "safetensors"}
+    for entry in by_format.values():
+        assert entry["verified"] is True
+        for file in entry["files"]:
+            assert (folder / file["name"]).stat().st_size == file["bytes"]
+    onnx_entry = by_format["onnx"]
+    assert onnx_entry["exporter"] in export.ONNX_EXPORTERS
+    assert onnx_entry["opset"] == export.DEFAULT_OPSET
+    assert onnx_entry["images_checked"] == 3 and onnx_entry["inputs_checked"] == 11
+    assert onnx_entry["top1_agreement"] == 1.0 and onnx_entry["max_abs_diff"] < 1e-3
+    assert by_format["torchscript"]["max_abs_diff"] < 1e-4
+    assert RunConfig.from_toml((folder / "config.toml").read_text()).model.backbone == "resnet18"
+
+
+def test_onnx_runs_in_onnxruntime_with_metadata_and_a_dynamic_batch(
+        bundle: export.ExportReport, run_dir: Path, images: tuple[Any, ...]) -> None:
+    path = run_dir / "export" / "bundle" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    [given], [produced] = session.get_inputs(), session.get_outputs()
+    assert (given.name, given.type, produced.name) == ("input", "tensor(float)", "logits")
+    assert isinstance(given.shape[0], str) and given.shape[1:] == [3, SIZE, SIZE]
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["labels"]) == LABELS
+    prep = json.loads(meta["preprocessing"])
+    assert {"resize", "crop", "mean", "std"} <= set(prep)
+    assert (prep["crop"], prep["channel_order"], prep["layout"]) == (SIZE, "RGB", "NCHW")
+    assert prep["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    model = load_run_model(run_dir).model
+    batch = images[0]
+    for size in (1, 7):
+        logits = session.run(["logits"], {"input": batch[:size].numpy()})[0]
+        assert logits.shape == (size, 3)
+        np.testing.assert_allclose(logits, reference(model, batch[:size]), rtol=1e-3, atol=1e-4)
+    assert read_onnx_metadata(path)["labels"] == LABELS
+
+
+def test_torchscript_loads_in_a_fresh_process_without_studio(
+        bundle: export.ExportReport, run_dir: Path, images: tuple[Any, ...],
+        tmp_path: Path) -> None:
+    path = run_dir / "export" / "bundle" / "model.pt"
+    batch = images[0][:7].contiguous()
+    torch.save(batch, tmp_path / "batch.pt")
+    code = textwrap.dedent(f"""
+        import json, sys, torch
+        extra = {{"labels.json": "", "preprocessing.json": ""}}
+        model = torch.jit.load({str(path)!r}, _extra_files=extra)
+        batch = torch.load({str(tmp_path / "batch.pt")!r}, weights_only=True)
+        with torch.no_grad():
+            one, seven = model(batch[:1]), model(batch)
+        torch.save(seven, {str(tmp_path / "out.pt")!r})
+        print(json.dumps({{"labels": json.loads(extra["labels.json"]),
+                           "prep": json.loads(extra["preprocessing.json"]),
+                           "shapes": [list(one.shape), list(seven.shape)],
+                           "studio": sorted(m for m in sys.modules if m.startswith("studio"))}}))
+    """)
+    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                          timeout=WAIT, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["labels"] == LABELS and found["prep"]["crop"] == SIZE
+    assert found["shapes"] == [[1, 3], [7, 3]]
+    assert found["studio"] == []
+    logits = torch.load(tmp_path / "out.pt", weights_only=True).numpy()
+    np.testing.assert_allclose(logits, reference(load_run_model(run_dir).model, batch),
+                               rtol=1e-3, atol=1e-4)
+    assert read_torchscript_extras(path)["labels"] == LABELS
+
+
+def test_safetensors_holds_the_weights_with_labels_and_preprocessing_beside(
+        bundle: export.ExportReport, run_dir: Path) -> None:
+    folder = run_dir / "export" / "bundle"
+    tensors = load_file(str(folder / "model.safetensors"))
+    state = load_run_model(run_dir).model.state_dict()
+    assert set(tensors) == set(state)
+    assert all(torch.equal(tensors[k], v) for k, v in state.items())
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        header = handle.metadata()
+    assert json.loads(header["labels"]) == LABELS and header["backbone"] == "resnet18"
+    assert json.loads((folder / "labels.json").read_text()) == LABELS
+    prep = json.loads((folder / "preprocessing.json").read_text())
+    assert (prep["resize"], prep["crop"], prep["channel_order"]) == (37, SIZE, "RGB")
+
+
+def test_int8_is_smaller_and_reports_the_accuracy_change(bundle: export.ExportReport,
+                                                         run_dir: Path,
+                                                         images: tuple[Any, ...]) -> None:
+    folder = run_dir / "export" / "bundle"
+    entry = next(e for e in report_json(folder)["exports"] if e["format"] == "int8")
+    assert entry["method"].startswith("static") and entry["calibration_images"] == 15
+    assert entry["bytes_int8"] < 0.4 * entry["bytes_fp32"]
+    assert entry["accuracy_images"] == 3
+    assert entry["accuracy_change"] == pytest.approx(entry["accuracy_int8"]
+                                                     - entry["accuracy_fp32"])
+    session = ort.InferenceSession(str(folder / "model.int8.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["labels"]) == LABELS
+    for size in (1, 7):
+        assert session.run(["logits"], {"input": images[0][:size].numpy()})[0].shape == (size, 3)
+
+
+def test_predict_py_classifies_a_png_with_onnxruntime_alone(
+        bundle: export.ExportReport, run_dir: Path, images: tuple[Any, ...],
+        tmp_path: Path) -> None:
+    batch, targets, paths = images
+    model = load_run_model(run_dir).model
+    right = np.flatnonzero(reference(model, batch).argmax(1) == targets.numpy())
+    picked = paths[int(right[-1])]  # a red one the model gets right
+    image = tmp_path / "photo.png"
+    Image.open(picked).resize((48, 40)).save(image)  # another size: resize and crop matter
+    expected = torch.softmax(torch.from_numpy(reference(
+        model, build_transforms(Preprocessing(37, SIZE))(load_image(image))[None])), 1)[0]
+    folder = run_dir / "export" / "bundle"
+    done = subprocess.run([sys.executable, "-I", str(folder / "predict.py"), str(image)],
+                          capture_output=True, text=True, timeout=WAIT, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    name, probability = lines[0].split("\t")
+    assert name == picked.parent.name == LABELS[int(expected.argmax())]
+    assert float(probability) == pytest.approx(float(expected.max()), abs=1e-3)
+    assert len(lines) == 3
+
+
+def test_model_card_names_backbone_classes_metrics_and_verification(
+        bundle: export.ExportReport, run_dir: Path) -> None:
+    card = (run_dir / "export" / "bundle" / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("# resnet18 fine-tuned on 3 classes")
+    assert all(f". {name}" in card for name in LABELS)
+    assert "Best epoch" in card and "val_acc" in card
+    assert "| onnx | `model.onnx` |" in card and "opset 18" in card
+    assert card.count("| yes |") == 4 and "python predict.py" in card
+
+
+# -- single formats -----------------------------------------------------------------------------
+
+
+def test_a_gone_dataset_verifies_on_the_random_batch_and_says_so(run_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    moved = tmp_path / "run"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("export"))
+    config = RunConfig.load(moved / "config.toml")
+    gone = str(tmp_path / "no-such-data")
+    config.replace(data=config.data.__class__(root=gone, image_size=SIZE)).save(
+        moved / "config.toml")
+    report = export_run(moved, "torchscript", out=tmp_path / "out" / "net.pt")
+    assert report.verified and (tmp_path / "out" / "net.pt").is_file()
+    saved = report_json(tmp_path / "out")
+    assert saved["images_checked"] == 0 and "not available" in saved["dataset"]
+    assert saved["exports"][0]["inputs_checked"] == 8  # the random batch of 7 and one alone
+
+
+def test_safetensors_format_alone_goes_to_the_default_folder(run_dir: Path) -> None:
+    report = export_run(run_dir, "safetensors", checkpoint="last")
+    folder = run_dir / "export" / "safetensors"
+    assert report.verified and report.report_path == folder / "export_report.json"
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "labels.json",
+                                                   "preprocessing.json", "export_report.json"}
+    assert report_json(folder)["checkpoint"] == "last"
+
+
+# -- verification refuses a wrong file ----------------------------------------------------------
+
+
+def test_compare_allows_top1_flips_only_on_near_ties() -> None:
+    ref = np.array([[1.0, 1.00001, 0.0], [3.0, 0.0, 0.0]], dtype=np.float32)
+    tie_flip = ref.copy()
+    tie_flip[0] = [1.00001, 1.0, 0.0]
+    parity = compare([ref], [tie_flip])
+    assert parity.ok and parity.top1_agreement == 0.5 and parity.tie_disagreements == 1
+    far = ref.copy()
+    far[1] = [0.0, 3.0, 0.0]
+    parity = compare([ref], [far])
+    assert not parity.ok and parity.disagreements == 1 and not parity.within_tolerance
+    # the bound of an input is atol + rtol · its largest |logit|, for every logit of it
+    near_zero = ref.copy()
+    near_zero[1, 2] += 2e-3  # 0 → 0.002 where the largest logit is 3: within 1e-4 + 3e-3
+    assert compare([ref], [near_zero]).ok
+    assert not compare([ref], [ref + 2e-3]).ok  # the first input's bound is 1e-4 + 1e-3
+    assert not compare([ref], [np.full_like(ref, np.nan)]).ok
+
+
+def test_dynamo_failure_falls_back_to_the_torchscript_exporter(
+        tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(*args: Any) -> None:
+        raise RuntimeError("no decomposition for aten.some_op")
+
+    monkeypatch.setattr(export, "_onnx_dynamo", fails)
+    result = export_model_onnx(tiny_net, tmp_path / "m.onnx", 16)
+    assert result.verified and result.exporter == "torchscript"
+    assert result.attempts[0]["exporter"] == "dynamo"
+    assert "no decomposition" in result.attempts[0]["outcome"]
+    assert read_onnx_metadata(tmp_path / "m.onnx")["labels"] == ["class_0", "class_1", "class_2"]
+
+
+def test_a_dynamo_file_that_mismatches_falls_back(tiny_net: nn.Module, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    original = export._onnx_dynamo
+
+    def wrong(model: nn.Module, target: Path, *args: Any) -> None:
+        original(model, target, *args)
+        corrupt_onnx(target)
+
+    monkeypatch.setattr(export, "_onnx_dynamo", wrong)
+    result = export_model_onnx(tiny_net, tmp_path / "m.onnx", 16)
+    assert result.verified and result.exporter == "torchscript"
+    assert result.attempts[0]["outcome"].startswith("mismatch")
+
+
+def test_when_every_exporter_mismatches_the_export_fails_and_writes_nothing(
+        tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_onnx_dynamo", "_onnx_torchscript"):
+        original = getattr(export, name)
+
+        def wrong(model: nn.Module, target: Path, *args: Any, _original: Any = original) -> None:
+            _original(model, target, *args)
+            corrupt_onnx(target)
+
+        monkeypatch.setattr(export, name, wrong)
+    with pytest.raises(ExportError, match="does not match PyTorch") as error:
+        export_model_onnx(tiny_net, tmp_path / "m.onnx", 16)
+    assert error.value.result is not None and not error.value.result.verified
+    assert [a["exporter"] for a in error.value.result.attempts] == ["dynamo", "torchscript"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wrong_torchscript_run_fails_the_export_with_a_report(
+        run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = export.run_torchscript
+
+    def off_by_a_bit(path: Path, batches: list[torch.Tensor]) -> list[np.ndarray]:
+        return [logits + 0.01 for logits in original(path, batches)]
+
+    monkeypatch.setattr(export, "run_torchscript", off_by_a_bit)
+    with pytest.raises(ExportError, match="does not match PyTorch.*export_report.json"):
+        export_run(run_dir, "torchscript", out=tmp_path)
+    assert not (tmp_path / "model.pt").exists()
+    saved = report_json(tmp_path)
+    assert saved["verified"] is False
+    assert saved["exports"][0]["verified"] is False
+    assert saved["exports"][0]["max_abs_diff"] == pytest.approx(0.01, rel=1e-2)
+
+
+@pytest.mark.parametrize("exporter", export.ONNX_EXPORTERS)
+def test_weights_over_the_threshold_go_to_external_data(
+        tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        exporter: str) -> None:
+    monkeypatch.setattr(export, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "out"
+    result = export_model_onnx(tiny_net, out / "model.onnx", 16, exporters=[exporter])
+    assert result.verified and result.details["external_data"] is True
+    assert [f.name for f in result.files] == ["model.onnx", "model.onnx.data"]
+    moved = tmp_path / "elsewhere"
+    shutil.move(out, moved)  # the data file is found beside the model, wherever it goes
+    session = ort.InferenceSession(str(moved / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = torch.randn(7, 3, 16, 16)
+    np.testing.assert_allclose(session.run(["logits"], {"input": batch.numpy()})[0],
+                               reference(tiny_net, batch), rtol=1e-3, atol=1e-4)
+    assert json.loads(session.get_modelmeta().custom_metadata_map["labels"])[0] == "class_0"
+    assert (moved / "model.onnx").stat().st_size < 10_000  # the weights are not inside
+
+
+def test_int8_quantizes_an_external_data_model(tiny_net: nn.Module, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export, "EXTERNAL_DATA_THRESHOLD", 0)
+    export_model_onnx(tiny_net, tmp_path / "model.onnx", 16)
+    assert (tmp_path / "model.onnx.data").is_file()
+    result = export.export_int8(tmp_path / "model.onnx", tmp_path / "q" / "model.int8.onnx",
+                                ["a", "b", "c"], Preprocessing().at_size(16),
+                                check=export.make_check_set(tiny_net, 16))
+    assert result.verified and result.details["method"].startswith("dynamic")
+    assert result.details["bytes_fp32"] == sum(
+        (tmp_path / name).stat().st_size for name in ("model.onnx", "model.onnx.data"))
+    assert [p.name for p in (tmp_path / "q").iterdir()] == ["model.int8.onnx"]
+    assert "beyond" not in result.message  # int8 is not judged by the fp32 tolerance
+
+
+# -- the zoo ------------------------------------------------------------------------------------
+
+# The smallest model of every family, exported the way a run is (the dynamo exporter, the
+# TorchScript-based one if that fails). torch.export makes the dynamo exporter slow: 5–12 s a
+# model on the 2-core development machine, 17–21 s for Swin and MaxViT at 224 px. To keep this
+# check near 90 s, five families are checked with the TorchScript-based exporter only (1–7 s)
+# and efficientnet_v2_s is left out (efficientnet_b0 covers its family); the dynamo exporter is
+# exercised on all of them, and the whole zoo, by benchmarks/bench_export_zoo.py.
+ZOO_DYNAMO = ["alexnet", "convnext_tiny", "efficientnet_b0", "googlenet", "mnasnet0_5",
+              "mobilenet_v3_small", "regnet_x_400mf", "resnet18", "shufflenet_v2_x0_5",
+              "squeezenet1_1", "vgg11", "vit_b_32"]
+ZOO_TORCHSCRIPT_ONLY = ["densenet121", "inception_v3", "maxvit_t", "mobilenet_v2", "swin_t"]
+
+
+def test_the_zoo_check_covers_every_family() -> None:
+    families = {info.family for info in list_backbones()}
+    covered = {backbone_info(name).family for name in ZOO_DYNAMO + ZOO_TORCHSCRIPT_ONLY}
+    assert covered == families
+
+
+def _zoo_input_size(name: str) -> int:
+    info = backbone_info(name)
+    if info.family == "vision_transformer":
+        patch = int(name.rsplit("_", 1)[-1])
+        return patch * math.ceil(32 / patch)
+    return max(32, info.min_size)
+
+
+def _settle_batchnorm(model: nn.Module, size: int) -> None:
+    """BatchNorm statistics from two random batches: with the initial ones MobileNet's or
+    EfficientNet's logits are the same for every input, and a comparison would prove little."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average
+    if norms:
+        generator = torch.Generator().manual_seed(1)
+        model.train()
+        with torch.no_grad():
+            for _ in range(2):
+                model(torch.randn(8 if size < 100 else 2, 3, size, size, generator=generator))
+    model.eval()
+
+
+@pytest.fixture
+def _two_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.zoo
+@pytest.mark.usefixtures("_two_threads")
+@pytest.mark.parametrize("name", ZOO_DYNAMO + ZOO_TORCHSCRIPT_ONLY)
+def test_one_model_of_every_family_exports_to_onnx_and_verifies(name: str,
+                                                                 tmp_path: Path) -> None:
+    size = _zoo_input_size(name)
+    built = build_model(ModelConfig(backbone=name, weights="none"), 3, size)
+    head = built.model.get_submodule(built.head)
+    nn.init.normal_(head.weight, std=head.weight[0].numel() ** -0.5)  # O(1) logits, not ~0
+    _settle_batchnorm(built.model, size)
+    exporters = ["torchscript"] if name in ZOO_TORCHSCRIPT_ONLY else list(export.ONNX_EXPORTERS)
+    result = export_model_onnx(built.model, tmp_path / "m.onnx", size, exporters=exporters)
+    assert result.verified and result.parity is not None and result.parity.ok
+    assert result.parity.inputs == 8  # batch 7 and batch 1 both ran under onnxruntime
+    with torch.no_grad():
+        logits = built.model(torch.randn(4, 3, size, size))
+    assert float(logits.std(0).mean()) > export.ATOL, "logits that ignore the input prove nothing"
