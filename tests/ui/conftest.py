@@ -7,6 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from studio.engine.backbones import ModelDescription, describe_model
+from studio.engine.config import ModelConfig
+from studio.ui.project import ProjectModel
+
 
 @pytest.fixture(autouse=True)
 def collect_on_gui_thread() -> Iterator[None]:
@@ -19,3 +23,17 @@ def collect_on_gui_thread() -> Iterator[None]:
     gc.collect()
     if enabled:
         gc.enable()
+
+
+@pytest.fixture(scope="session")
+def resnet18() -> ModelDescription:
+    """resnet18's structure for 3 classes (meta device: instant, no memory)."""
+    return describe_model(ModelConfig(backbone="resnet18"), num_classes=3)
+
+
+@pytest.fixture()
+def described_project(resnet18: ModelDescription) -> ProjectModel:
+    """A project whose model is resnet18: what the layer and LR panels edit."""
+    project = ProjectModel()
+    project.set_description(resnet18)
+    return project

@@ -16,16 +16,9 @@ from studio.ui.widgets.layers_panel import PLACEHOLDER, LayersPanel
 CHECK = Qt.ItemDataRole.CheckStateRole
 
 
-@pytest.fixture(scope="module")
-def resnet18() -> ModelDescription:
-    return describe_model(ModelConfig(backbone="resnet18"), num_classes=3)
-
-
 @pytest.fixture()
-def project(resnet18: ModelDescription) -> ProjectModel:
-    project = ProjectModel()
-    project.set_description(resnet18)
-    return project
+def project(described_project: ProjectModel) -> ProjectModel:
+    return described_project
 
 
 @pytest.fixture()

@@ -7,8 +7,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QAbstractItemModelTester
 from PySide6.QtWidgets import QLineEdit
 
-from studio.engine.backbones import ModelDescription, describe_model
-from studio.engine.config import ModelConfig, ParamGroupSpec
+from studio.engine.config import ParamGroupSpec
 from studio.ui.models.groups import (
     LR_COLUMN,
     NAME_COLUMN,
@@ -23,16 +22,9 @@ from studio.ui.widgets.lr_panel import LearningRatePanel
 STAGES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 
 
-@pytest.fixture(scope="module")
-def resnet18() -> ModelDescription:
-    return describe_model(ModelConfig(backbone="resnet18"), num_classes=3)
-
-
 @pytest.fixture()
-def project(resnet18: ModelDescription) -> ProjectModel:
-    project = ProjectModel()
-    project.set_description(resnet18)
-    return project
+def project(described_project: ProjectModel) -> ProjectModel:
+    return described_project
 
 
 @pytest.fixture()
