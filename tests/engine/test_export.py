@@ -382,6 +382,25 @@ def test_compare_allows_top1_flips_only_on_near_ties() -> None:
     assert not compare([ref], [np.full_like(ref, np.nan)]).ok
 
 
+def test_an_ill_conditioned_model_is_judged_against_float64(tiny_net: nn.Module) -> None:
+    """When PyTorch's own fp32 logits are far from exact, a file as close to the float64 result
+    as PyTorch is faithful; a file farther off is not."""
+    check = export.make_check_set(tiny_net, 16)
+    exact = check.exact()
+    assert exact is not None
+    noisy = [e + 0.05 for e in exact]  # PyTorch fp32 as a badly conditioned model gives it
+    check.reference = [n.astype(np.float32) for n in noisy]
+    as_exact = [e - 0.03 for e in exact]  # 0.08 from PyTorch fp32, 0.03 from float64
+    parity = export.judge(check, as_exact)
+    assert parity.ok and parity.reference == "fp64"
+    assert parity.pytorch_fp32_error == pytest.approx(0.05, rel=1e-3)
+    assert parity.max_abs_diff_fp64 == pytest.approx(0.03, rel=1e-3)
+    assert "as exact as PyTorch" in parity.describe()
+    wrong = [e + 0.2 for e in exact]  # beyond twice PyTorch's own 0.05
+    parity = export.judge(check, wrong)
+    assert not parity.ok and parity.reference == "fp32"
+
+
 def test_dynamo_failure_falls_back_to_the_torchscript_exporter(
         tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fails(*args: Any) -> None:
@@ -441,6 +460,22 @@ def test_a_wrong_torchscript_run_fails_the_export_with_a_report(
     assert saved["verified"] is False
     assert saved["exports"][0]["verified"] is False
     assert saved["exports"][0]["max_abs_diff"] == pytest.approx(0.01, rel=1e-2)
+
+
+def test_what_only_the_dynamo_exporter_can_export_fails_quietly_with_the_other(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """VGG at 32 px and AlexNet at 63 px in miniature: adaptive pooling to a size that does not
+    divide the input, which the TorchScript-based exporter refuses (printing its whole graph
+    from C++ as it does)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=8), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                        nn.Linear(36, 3)).eval()
+    with pytest.raises(ExportError, match="torchscript exporter failed.*adaptive_avg_pool2d"):
+        export_model_onnx(net, tmp_path / "m.onnx", 16, exporters=["torchscript"])
+    result = export_model_onnx(net, tmp_path / "m.onnx", 16)
+    assert result.verified and result.exporter == "dynamo"
+    out, err = capfd.readouterr()
+    assert "graph" not in out and "graph" not in err
 
 
 @pytest.mark.parametrize("exporter", export.ONNX_EXPORTERS)
@@ -535,6 +570,7 @@ def _two_threads() -> Iterator[None]:
 def test_one_model_of_every_family_exports_to_onnx_and_verifies(name: str,
                                                                  tmp_path: Path) -> None:
     size = _zoo_input_size(name)
+    torch.manual_seed(0)  # the same weights whatever ran before
     built = build_model(ModelConfig(backbone=name, weights="none"), 3, size)
     head = built.model.get_submodule(built.head)
     nn.init.normal_(head.weight, std=head.weight[0].numel() ** -0.5)  # O(1) logits, not ~0
