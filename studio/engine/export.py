@@ -39,8 +39,6 @@ import torch
 from torch import nn
 
 from studio import __version__
-from studio.engine.backbones import backbone_info, build_model, is_weights_file
-from studio.engine.checkpoint import load_checkpoint
 from studio.engine.config import FILE_MODE, ConfigError, RunConfig, atomic_write_text
 from studio.engine.data import (
     FolderDataset,
@@ -50,11 +48,11 @@ from studio.engine.data import (
     scan_folder,
 )
 from studio.engine.errors import DatasetError, StudioError
+from studio.engine.runs import OpenedRun, open_run, preprocessing_from_json
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "int8", "torchscript", "safetensors", "bundle")
-CHECKPOINTS = ("best", "last")
 ONNX_EXPORTERS = ("dynamo", "torchscript")  # tried in this order
 DEFAULT_OPSET = 18  # native to the dynamo exporter; onnxruntime ≥ 1.14, TensorRT ≥ 8.6, OpenVINO
 RTOL, ATOL = 1e-3, 1e-4  # fp32 tolerance of exported logits against PyTorch's
@@ -767,6 +765,9 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike[str], labels: S
 # Runs
 
 
+_Run = OpenedRun
+
+
 class RunModel(NamedTuple):
     """A run's model rebuilt from a checkpoint, in eval mode."""
 
@@ -776,21 +777,6 @@ class RunModel(NamedTuple):
     config: RunConfig
 
 
-@dataclass
-class _Run:
-    run_dir: Path
-    checkpoint: str
-    checkpoint_path: Path
-    model: nn.Module
-    labels: list[str]
-    preprocessing: dict[str, Any]
-    config: RunConfig
-    config_text: str
-    epoch: int | None
-    best: dict[str, Any]
-    data_root: str
-
-
 def load_run_model(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> RunModel:
     """Rebuild a run's architecture (weights "none") and load its checkpoint strictly."""
     run = _open_run(run_dir, checkpoint)
@@ -798,68 +784,7 @@ def load_run_model(run_dir: str | os.PathLike[str], checkpoint: str = "best") ->
 
 
 def _open_run(run_dir: str | os.PathLike[str], checkpoint: str) -> _Run:
-    from studio.engine.trainer import RunPaths
-
-    if checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"checkpoint must be best or last; got {checkpoint!r}")
-    paths = RunPaths(run_dir)
-    if not paths.root.is_dir():
-        raise ExportError(f"run folder {paths.root} does not exist; pass the folder that "
-                          f"`studio train --out` wrote")
-    if not paths.last.is_file():
-        raise ExportError(f"{paths.root} holds no checkpoint (checkpoints/last.pt); train at "
-                          f"least one epoch before exporting")
-    path = paths.best if checkpoint == "best" else paths.last
-    if not path.is_file():
-        raise ExportError(f"{paths.root} has no best checkpoint ({path.name}); export the last "
-                          f"one with --checkpoint last")
-    payload = load_checkpoint(path)
-    try:
-        text = str(payload["config"])
-        labels = [str(name) for name in payload["labels"]]
-        prep = dict(payload["preprocessing"])
-        state = payload["model"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise ExportError(f"checkpoint {path} lacks the {error} entry an export needs; it was "
-                          f"not written by this version of Finetune Studio") from error
-    config = RunConfig.from_toml(text, source=f"the config inside {path}")
-    backbone = payload.get("backbone", config.model.backbone)
-    if backbone != config.model.backbone:
-        raise ExportError(f"checkpoint {path} holds backbone {backbone!r} but its config names "
-                          f"{config.model.backbone!r}")
-    model = _rebuild(config, labels, prep, state, path)
-    return _Run(paths.root, checkpoint, path, model, labels, prep, config, text,
-                payload.get("epoch"), dict(payload.get("best") or {}),
-                _data_root(paths.config, config))
-
-
-def _rebuild(config: RunConfig, labels: list[str], prep: dict[str, Any],
-             state: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    architecture = config.model.__class__(backbone=config.model.backbone, weights="none",
-                                          head=config.model.head)
-    size = config.data.image_size or int(prep["crop"])
-    built = build_model(architecture, len(labels), size)
-    model = built.model
-    # torchvision turns on input re-normalisation for Inception v3 and GoogLeNet when it loads
-    # their ImageNet weights; it is no parameter, so a rebuild without weights must set it.
-    if backbone_info(config.model.backbone).family in ("inception", "googlenet") \
-            and config.model.weights != "none" and not is_weights_file(config.model.weights):
-        model.transform_input = True  # type: ignore[assignment]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ExportError(f"checkpoint {path} does not fit {config.model.backbone} with "
-                          f"{len(labels)} classes ({_first_line(error)})") from error
-    return model.eval()
-
-
-def _data_root(config_path: Path, config: RunConfig) -> str:
-    """The trainer writes the resolved dataset folder to config.toml; prefer it."""
-    with contextlib.suppress(StudioError, OSError):
-        saved = RunConfig.load(config_path)
-        if saved.data.root:
-            return saved.data.root
-    return config.data.root
+    return open_run(run_dir, checkpoint, action="exporting", error=ExportError)
 
 
 @dataclass
@@ -895,7 +820,7 @@ def _run_images(run: _Run, limit: int, accuracy_limit: int = 0,
     split = "validation"
     if not val:
         val, split = samples.get("train") or [], "training"
-    prep = _preprocessing(run.preprocessing)
+    prep = preprocessing_from_json(run.preprocessing)
     transform = build_transforms(prep)
     check, check_targets = _load(_spread(val, limit), transform)
     accuracy, accuracy_targets = _load(val[:accuracy_limit] if accuracy_limit else [], transform)
@@ -929,13 +854,6 @@ def _load(samples: list[Sample], transform: Any) -> tuple[torch.Tensor | None,
     items = [dataset[i] for i in range(len(dataset))]
     return (torch.stack([image for image, _ in items]),
             torch.tensor([label for _, label in items], dtype=torch.long))
-
-
-def _preprocessing(prep: dict[str, Any]) -> Preprocessing:
-    return Preprocessing(int(prep["resize"]), int(prep["crop"]),
-                         tuple(float(v) for v in prep["mean"]),  # type: ignore[arg-type]
-                         tuple(float(v) for v in prep["std"]),  # type: ignore[arg-type]
-                         str(prep.get("interpolation", "bilinear")))
 
 
 def default_out(run_dir: str | os.PathLike[str], fmt: str) -> Path:

@@ -43,6 +43,7 @@ from studio.engine.checkpoint import (
 from studio.engine.config import (
     FILE_MODE,
     ConfigError,
+    OptimConfig,
     RunConfig,
     TrainConfig,
     atomic_write_text,
@@ -184,6 +185,14 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int, steps_per_epoch
     if schedule == "step":
         return gamma ** ((step // max(1, steps_per_epoch)) // step_size)
     return 1.0
+
+
+def make_optimizer(optim: OptimConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum,
+                               nesterov=optim.nesterov and optim.momentum > 0)
+    kind = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+    return kind(groups, lr=optim.lr)
 
 
 def _cos_between(start: float, end: float, fraction: float) -> float:
@@ -439,12 +448,7 @@ class Trainer:
                                                   counts.trainable, counts.total, names))
 
     def _make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-        optim = self.config.optim
-        if optim.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum,
-                                   nesterov=optim.nesterov and optim.momentum > 0)
-        kind = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
-        return kind(groups, lr=optim.lr)
+        return make_optimizer(self.config.optim, groups)
 
     def _regroup(self, groups: list[dict[str, Any]]) -> None:
         """Newly trainable parameters join their group; parameters already training keep

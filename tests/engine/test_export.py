@@ -54,6 +54,7 @@ from studio.engine.export import (
     read_onnx_metadata,
     read_torchscript_extras,
 )
+from studio.engine.runs import rebuild_model
 from studio.engine.trainer import Trainer
 
 LABELS = ["blue", "green", "red"]  # the tiny dataset's classes, sorted
@@ -177,11 +178,11 @@ def test_googlenet_from_imagenet_weights_keeps_its_input_transform(tmp_path: Pat
     config = RunConfig(model=ModelConfig(backbone="googlenet", weights="IMAGENET1K_V1"),
                        data=DataConfig(image_size=64))
     prep = built.preprocessing.to_json()
-    model = export._rebuild(config, LABELS, prep, built.model.state_dict(), tmp_path / "x.pt")
+    model = rebuild_model(config, LABELS, prep, built.model.state_dict(), tmp_path / "x.pt")
     assert model.transform_input is True
     scratch = RunConfig(model=ModelConfig(backbone="googlenet", weights="none"),
                         data=DataConfig(image_size=64))
-    model = export._rebuild(scratch, LABELS, prep, built.model.state_dict(), tmp_path / "x.pt")
+    model = rebuild_model(scratch, LABELS, prep, built.model.state_dict(), tmp_path / "x.pt")
     assert model.transform_input is False
 
 

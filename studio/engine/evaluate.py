@@ -1,0 +1,394 @@
+"""Where a model is wrong, not just how often: metrics, confusion matrix, top losses, prediction.
+
+``evaluate_run`` runs a run's checkpoint (best by default) over its validation split, or over
+another folder of the same classes, and returns an :class:`Evaluation` holding every image's
+class probabilities; the metrics are computed from those, so the GUI can show any cell of the
+confusion matrix without running the model again. ``Predictor`` answers for single image files
+with the run's own preprocessing.
+
+Undefined ratios follow scikit-learn's ``zero_division=0``: a class never predicted has precision
+0, a class with no images in the split has recall 0 (and support 0). Macro averages are taken over
+the classes that have images in the split, so a class absent from a held-out folder does not
+drag the average down; weighted averages weigh by support.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from studio.engine.data import (
+    FolderDataset,
+    Sample,
+    build_transforms,
+    load_image,
+    scan_folder,
+)
+from studio.engine.errors import DatasetError, StudioError
+from studio.engine.runs import OpenedRun, open_run
+
+SPLITS = ("auto", "val", "test", "train", "all")
+TOP_LOSSES = 24  # images listed by loss in the report
+TOP_CONFUSED = 10  # class pairs listed by count
+BATCH_SIZE = 64
+
+Progress = Callable[[int, int], None]  # (images done, images in all)
+
+
+class EvaluationCancelled(StudioError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics from labels alone
+
+
+@dataclass(frozen=True, slots=True)
+class ClassMetrics:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"precision": self.precision, "recall": self.recall, "f1": self.f1,
+                "support": self.support}
+
+
+def confusion_matrix(targets: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """Counts: rows are true classes, columns predicted classes."""
+    targets = np.asarray(targets, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    flat = np.bincount(targets * num_classes + predicted, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def per_class_metrics(matrix: np.ndarray) -> list[ClassMetrics]:
+    """Precision, recall, F1 and support of every class of a confusion matrix."""
+    true_positive = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    support = matrix.sum(axis=1)
+    out = []
+    for tp, pred, sup in zip(true_positive, predicted, support, strict=True):
+        precision = tp / pred if pred else 0.0
+        recall = tp / sup if sup else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.append(ClassMetrics(float(precision), float(recall), float(f1), int(sup)))
+    return out
+
+
+def average_metrics(metrics: Sequence[ClassMetrics]) -> tuple[ClassMetrics, ClassMetrics]:
+    """(macro, weighted) averages over the classes with support; support is the total."""
+    present = [m for m in metrics if m.support > 0]
+    total = sum(m.support for m in present)
+    if not present:
+        empty = ClassMetrics(0.0, 0.0, 0.0, 0)
+        return empty, empty
+
+    def mean(key: str, weights: Sequence[float]) -> float:
+        return float(sum(getattr(m, key) * w for m, w in zip(present, weights, strict=True))
+                     / sum(weights))
+
+    macro_w = [1.0] * len(present)
+    weighted_w = [float(m.support) for m in present]
+    macro = ClassMetrics(mean("precision", macro_w), mean("recall", macro_w),
+                         mean("f1", macro_w), total)
+    weighted = ClassMetrics(mean("precision", weighted_w), mean("recall", weighted_w),
+                            mean("f1", weighted_w), total)
+    return macro, weighted
+
+
+def most_confused(matrix: np.ndarray, limit: int = TOP_CONFUSED) -> list[tuple[int, int, int]]:
+    """Off-diagonal cells as (true, predicted, count), largest first; ties in label order."""
+    cells = [(int(matrix[t, p]), t, p) for t in range(matrix.shape[0])
+             for p in range(matrix.shape[1]) if t != p and matrix[t, p] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [(t, p, count) for count, t, p in cells[:limit]]
+
+
+# ---------------------------------------------------------------------------------------------
+# An evaluation: every image's probabilities, and what follows from them
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """One image: its true class, the model's answer, and how sure it was."""
+
+    index: int
+    path: str
+    true: int
+    predicted: int
+    confidence: float  # probability of the predicted class
+    true_probability: float
+    loss: float  # cross-entropy of the true class
+
+    @property
+    def correct(self) -> bool:
+        return self.true == self.predicted
+
+    def to_json(self, labels: Sequence[str]) -> dict[str, Any]:
+        return {"path": self.path, "true": labels[self.true],
+                "predicted": labels[self.predicted], "confidence": self.confidence,
+                "true_probability": self.true_probability, "loss": self.loss}
+
+
+@dataclass
+class Evaluation:
+    labels: list[str]
+    paths: list[str]
+    targets: np.ndarray  # (N,) int64
+    probabilities: np.ndarray  # (N, C) float32, rows sum to 1
+    source: str = ""  # the folder evaluated
+    split: str = ""  # which of its images: val, test, train or all
+    run_dir: str = ""
+    checkpoint: str = ""
+    epoch: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n, c = len(self.paths), len(self.labels)
+        self.targets = np.asarray(self.targets, dtype=np.int64).reshape(n)
+        self.probabilities = np.asarray(self.probabilities, dtype=np.float32).reshape(n, c)
+        self.predicted = (self.probabilities.argmax(axis=1) if n
+                          else np.zeros(0, dtype=np.int64))
+        self.matrix = confusion_matrix(self.targets, self.predicted, c)
+        self.per_class = per_class_metrics(self.matrix)
+        self.macro, self.weighted = average_metrics(self.per_class)
+
+    @property
+    def images(self) -> int:
+        return len(self.paths)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predicted == self.targets).mean()) if self.images else 0.0
+
+    @property
+    def top5_accuracy(self) -> float | None:
+        """Only meaningful with more than 5 classes; ``None`` otherwise."""
+        if len(self.labels) <= 5 or not self.images:
+            return None
+        top = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :5]
+        return float((top == self.targets[:, None]).any(axis=1).mean())
+
+    def result(self, index: int) -> ImageResult:
+        probs = self.probabilities[index]
+        true, predicted = int(self.targets[index]), int(self.predicted[index])
+        p_true = float(probs[true])
+        return ImageResult(index, self.paths[index], true, predicted, float(probs[predicted]),
+                           p_true, float(-math.log(max(p_true, 1e-12))))
+
+    def cell(self, true: int, predicted: int) -> list[ImageResult]:
+        """The images of one confusion-matrix cell, the most confident first."""
+        hits = np.flatnonzero((self.targets == true) & (self.predicted == predicted))
+        results = [self.result(int(i)) for i in hits]
+        return sorted(results, key=lambda r: (-r.confidence, r.path))
+
+    def misclassified(self) -> list[ImageResult]:
+        wrong = np.flatnonzero(self.targets != self.predicted)
+        return sorted((self.result(int(i)) for i in wrong), key=lambda r: (-r.loss, r.path))
+
+    def top_losses(self, limit: int = TOP_LOSSES) -> list[ImageResult]:
+        """The images the model is most confidently wrong about: highest loss first."""
+        if not self.images:
+            return []
+        p_true = self.probabilities[np.arange(self.images), self.targets]
+        order = np.argsort(p_true, kind="stable")[:limit]
+        return [self.result(int(i)) for i in order]
+
+    def most_confused(self, limit: int = TOP_CONFUSED) -> list[tuple[str, str, int]]:
+        return [(self.labels[t], self.labels[p], n) for t, p, n in most_confused(self.matrix,
+                                                                                 limit)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_dir": self.run_dir, "checkpoint": self.checkpoint, "epoch": self.epoch,
+            "data": self.source, "split": self.split, "images": self.images,
+            "labels": list(self.labels),
+            "accuracy": self.accuracy, "top5_accuracy": self.top5_accuracy,
+            "per_class": {name: m.to_json() for name, m in zip(self.labels, self.per_class,
+                                                                strict=True)},
+            "macro_avg": self.macro.to_json(), "weighted_avg": self.weighted.to_json(),
+            "confusion_matrix": self.matrix.tolist(),
+            "most_confused": [{"true": t, "predicted": p, "count": n}
+                              for t, p, n in self.most_confused()],
+            "top_losses": [r.to_json(self.labels) for r in self.top_losses()],
+            "misclassified": [r.to_json(self.labels) for r in self.misclassified()],
+            "notes": list(self.notes),
+        }
+
+    def report(self) -> str:
+        """A readable report for a terminal."""
+        width = max(12, *(len(name) for name in self.labels))
+        lines = [f"{self.images} {self.split} images of {self.source}"
+                 + (f" · {self.checkpoint} checkpoint (epoch {self.epoch})" if self.epoch
+                    else ""),
+                 f"accuracy      {self.accuracy:.2%}"]
+        if self.top5_accuracy is not None:
+            lines.append(f"top-5 accuracy {self.top5_accuracy:.2%}")
+        lines += ["", f"{'class':<{width}}  precision  recall     f1  support"]
+        rows = [*zip(self.labels, self.per_class, strict=True),
+                ("macro avg", self.macro), ("weighted avg", self.weighted)]
+        for i, (name, m) in enumerate(rows):
+            if i == len(self.labels):
+                lines.append("")
+            lines.append(f"{name:<{width}}  {m.precision:9.3f}  {m.recall:6.3f}  {m.f1:5.3f}  "
+                         f"{m.support:7d}")
+        confused = self.most_confused(5)
+        if confused:
+            lines += ["", "most confused (true → predicted):"]
+            lines += [f"  {t} → {p}: {n}" for t, p, n in confused]
+        wrong = self.top_losses(5)
+        wrong = [r for r in wrong if not r.correct]
+        if wrong:
+            lines += ["", "top losses:"]
+            lines += [f"  {r.path}: {self.labels[r.true]} predicted as "
+                      f"{self.labels[r.predicted]} ({r.confidence:.0%})" for r in wrong]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a checkpoint over images
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
+                 checkpoint: str = "best", split: str = "auto", batch_size: int = BATCH_SIZE,
+                 device: str = "auto", progress: Progress | None = None,
+                 stop: threading.Event | None = None) -> Evaluation:
+    """Evaluate ``run_dir``'s checkpoint on its validation split, or on the folder ``data``
+    (its test/ split if it has one, else all its images). Classes are matched by name."""
+    if split not in SPLITS:
+        raise StudioError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    run = open_run(run_dir, checkpoint, action="evaluating")
+    root = str(data) if data is not None else run.data_root
+    if not root:
+        raise DatasetError(f"the run in {run.run_dir} names no dataset folder; pass one with "
+                           f"--data")
+    own = data is None
+    scan = scan_folder(root, run.config.data.val_fraction if own else 0.0,
+                       run.config.train.seed)
+    samples, chosen, notes = _pick_samples(run, scan.classes, scan.splits, split, own, root)
+    result = predict_samples(run, samples, batch_size, device, progress, stop)
+    targets = np.array([s.label for s in samples], dtype=np.int64)
+    return Evaluation(list(run.labels), [s.path for s in samples], targets, result,
+                      source=str(Path(scan.root)), split=chosen, run_dir=str(run.run_dir),
+                      checkpoint=run.checkpoint, epoch=run.epoch, notes=notes)
+
+
+def _pick_samples(run: OpenedRun, classes: Sequence[str], splits: dict[str, Sequence[Sample]],
+                  split: str, own: bool, root: str) -> tuple[list[Sample], str, list[str]]:
+    notes: list[str] = []
+    index = {name: i for i, name in enumerate(run.labels)}
+    foreign = [name for name in classes if name not in index]
+    if foreign and len(foreign) == len(classes):
+        raise DatasetError(f"none of the classes in {root} ({', '.join(classes[:5])}) is a class "
+                           f"of the run ({', '.join(run.labels[:5])}); evaluate a folder with "
+                           f"the run's class names")
+    if foreign:
+        notes.append(f"classes not in the run are left out: {', '.join(foreign)}")
+    if split == "auto":
+        if own:
+            split = "val" if splits.get("val") else "train"
+            if split == "train":
+                notes.append("the dataset holds no validation images, so the training images "
+                             "are evaluated (expect optimistic figures)")
+        else:
+            split = next((s for s in ("test", "val") if splits.get(s)), "all")
+    if split == "all":
+        chosen = [s for name in ("train", "val", "test") for s in splits.get(name, ())]
+    elif split not in splits:
+        raise DatasetError(f"{root} has no {split} split; its splits are "
+                           f"{', '.join(sorted(splits))}")
+    else:
+        chosen = list(splits[split])
+    samples = [Sample(s.path, index[classes[s.label]]) for s in chosen
+               if classes[s.label] in index]
+    if not samples:
+        raise DatasetError(f"the {split} split of {root} holds no images of the run's classes; "
+                           f"choose another folder or split")
+    return samples, split, notes
+
+
+def predict_samples(run: OpenedRun, samples: Sequence[Sample], batch_size: int = BATCH_SIZE,
+                    device: str = "auto", progress: Progress | None = None,
+                    stop: threading.Event | None = None) -> np.ndarray:
+    """Class probabilities (N, C) of every sample, in order, in fp32."""
+    from studio.engine.trainer import auto_workers, pick_device
+
+    target = pick_device(device)
+    model = run.model.to(target).eval()
+    dataset = FolderDataset(samples, build_transforms(run.prep()))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=auto_workers(), pin_memory=target.type == "cuda")
+    out = np.zeros((len(samples), len(run.labels)), dtype=np.float32)
+    done = 0
+    with torch.inference_mode():
+        for images, _ in loader:
+            if stop is not None and stop.is_set():
+                raise EvaluationCancelled("evaluation stopped")
+            logits = model(images.to(target, non_blocking=True)).float()
+            out[done:done + len(images)] = torch.softmax(logits, dim=1).cpu().numpy()
+            done += len(images)
+            if progress is not None:
+                progress(done, len(samples))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Single images
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePrediction:
+    path: str
+    top: tuple[tuple[str, float], ...]  # (class, probability), most likely first
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.top]}
+
+
+class Predictor:
+    """A run's model loaded once, answering for image files with the run's preprocessing."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], checkpoint: str = "best",
+                 device: str = "auto") -> None:
+        from studio.engine.trainer import pick_device
+
+        self.run = open_run(run_dir, checkpoint, action="predicting")
+        self.labels = list(self.run.labels)
+        self.device = pick_device(device)
+        self.model = self.run.model.to(self.device).eval()
+        self.transform = build_transforms(self.run.prep())
+
+    def predict(self, path: str | os.PathLike[str], k: int = 5) -> ImagePrediction:
+        """Top-``k`` classes of one image file; a file that is no image is a DatasetError."""
+        try:
+            image = load_image(path)
+        except FileNotFoundError as error:
+            raise DatasetError(f"{path} does not exist; pass the path of an image file") \
+                from error
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DatasetError(f"{path} cannot be read as an image ({error}); pass a JPEG, "
+                               f"PNG or another format Pillow opens") from error
+        return self.predict_image(image, str(path), k)
+
+    def predict_image(self, image: Image.Image, name: str = "", k: int = 5) -> ImagePrediction:
+        batch = self.transform(image).unsqueeze(0).to(self.device)
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(batch).float(), dim=1)[0].cpu()
+        k = max(1, min(k, len(self.labels)))
+        values, indices = probs.topk(k)
+        return ImagePrediction(name, tuple((self.labels[int(i)], float(v))
+                                           for v, i in zip(values, indices, strict=True)))

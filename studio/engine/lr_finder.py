@@ -1,0 +1,221 @@
+"""Learning-rate finder (Smith 2015, as popularised by fastai): an exponential sweep of the
+learning rate over a few hundred training steps, the loss recorded at each, and a suggestion.
+
+The sweep trains the run's own model with its freeze spec and parameter groups: every group's
+learning rate is scaled by the same factor, so the curve is plotted against the *base* learning
+rate (``optim.lr``) and a suggestion applies to the groups by scaling them all alike, keeping
+discriminative ratios. The model and optimizer are restored afterwards, bit for bit.
+
+The suggestion is fastai's "valley": the middle of the longest stretch over which the smoothed
+loss keeps falling, a little towards its lower end. It is robust to noisy curves where the
+steepest-slope point jumps around.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from studio.engine.errors import StudioError
+
+START_LR, END_LR = 1e-7, 10.0
+STEPS = 200
+SMOOTHING = 0.98  # exponential moving average of the loss, debiased
+DIVERGE = 4.0  # stop once the smoothed loss is this many times its minimum
+
+Progress = Callable[[int, int, float, float], None]  # (step, steps, lr, smoothed loss)
+
+
+@dataclass(frozen=True, slots=True)
+class LRFinderResult:
+    lrs: tuple[float, ...]  # base learning rate at each step
+    losses: tuple[float, ...]  # the raw training loss at each step
+    smoothed: tuple[float, ...]
+    suggestion: float | None  # None when the curve is too short to judge
+    ended: str  # why the sweep ended: "finished", "diverged", "stopped"
+    base_lr: float  # the config's base learning rate when the sweep ran
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lrs": list(self.lrs), "losses": list(self.losses),
+                "smoothed": list(self.smoothed), "suggestion": self.suggestion,
+                "ended": self.ended, "base_lr": self.base_lr}
+
+
+def suggest_lr(lrs: Iterable[float], smoothed: Iterable[float]) -> float | None:
+    """fastai's valley: the longest run of decreasing loss; a point two-thirds down it."""
+    lrs, losses = list(lrs), list(smoothed)
+    n = len(losses)
+    if n < 8:
+        return None
+    lengths = [1] * n  # longest decreasing subsequence ending at i
+    best_end = best_start = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lengths[i] < lengths[j] + 1:
+                lengths[i] = lengths[j] + 1
+        if lengths[i] > lengths[best_end]:
+            best_end = i
+            best_start = best_end - lengths[best_end]
+    if best_end == 0:
+        return None
+    third = (best_end - best_start) / 3
+    return float(lrs[max(0, min(n - 1, best_start + int(third) + int(third / 2)))])
+
+
+def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Any],
+             criterion: nn.Module, *, base_lr: float, start_lr: float = START_LR,
+             end_lr: float = END_LR, steps: int = STEPS, device: torch.device | None = None,
+             autocast: Any = None, stop: threading.Event | None = None,
+             progress: Progress | None = None, train_mode: Callable[[], None] | None = None
+             ) -> LRFinderResult:
+    """Sweep ``optimizer``'s groups from ``start_lr`` to ``end_lr`` (as base learning rates)
+    over ``steps`` batches, cycling ``batches``. The model's parameters and buffers, its
+    train/eval mode and the optimizer's state are put back afterwards, whatever happens."""
+    if not 0 < start_lr < end_lr:
+        raise StudioError(f"the learning-rate sweep needs 0 < start ({start_lr}) < end "
+                          f"({end_lr})")
+    if base_lr <= 0:
+        raise StudioError(f"the base learning rate must be positive to scale groups by; got "
+                          f"{base_lr}")
+    steps = max(2, int(steps))
+    device = device or next(model.parameters()).device
+    model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer_state = _clone(optimizer.state_dict())
+    modes = {name: m.training for name, m in model.named_modules()}
+    group_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    ratio = (end_lr / start_lr) ** (1 / (steps - 1))
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    average, best, ended = 0.0, math.inf, "finished"
+    try:
+        (train_mode or model.train)()
+        data = _cycle(batches)
+        for step in range(steps):
+            if stop is not None and stop.is_set():
+                ended = "stopped"
+                break
+            lr = start_lr * ratio ** step
+            for group, group_lr in zip(optimizer.param_groups, group_lrs, strict=True):
+                group["lr"] = group_lr * lr / base_lr
+            images, targets = next(data)
+            images, targets = images.to(device), targets.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast if autocast is not None else torch.autocast(device.type,
+                                                                       enabled=False):
+                loss = criterion(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.item())
+            if not math.isfinite(value):
+                ended = "diverged"
+                break
+            average = SMOOTHING * average + (1 - SMOOTHING) * value
+            smooth = average / (1 - SMOOTHING ** (step + 1))
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(smooth)
+            best = min(best, smooth)
+            if progress is not None:
+                progress(step + 1, steps, lr, smooth)
+            if step > 10 and smooth > DIVERGE * best:
+                ended = "diverged"
+                break
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        for name, module in model.named_modules():
+            module.train(modes.get(name, module.training))
+    return LRFinderResult(tuple(lrs), tuple(losses), tuple(smoothed),
+                          suggest_lr(lrs, smoothed), ended, base_lr)
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
+
+
+def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise StudioError("the training split holds no images to sweep the learning rate on")
+
+
+def find_lr(config: Any, scan: Any = None, *, steps: int = STEPS, start_lr: float = START_LR,
+            end_lr: float = END_LR, stop: threading.Event | None = None,
+            progress: Progress | None = None) -> LRFinderResult:
+    """Build the run ``config`` describes (weights, head, freeze spec, groups, optimizer,
+    precision) and sweep it on the training split. Nothing is written to disk."""
+    from studio.engine.backbones import build_model
+    from studio.engine.data import FolderDataset, build_transforms, scan_folder
+    from studio.engine.params import (
+        apply_freeze,
+        optimizer_groups,
+        resolve_frozen,
+        set_frozen_norms_eval,
+    )
+    from studio.engine.trainer import (
+        auto_workers,
+        make_criterion,
+        make_optimizer,
+        pick_device,
+        pick_precision,
+        seed_everything,
+    )
+
+    if not config.data.root and scan is None:
+        raise StudioError("no dataset folder is set; choose one before finding a learning rate")
+    seed_everything(config.train.seed)
+    device = pick_device(config.train.device)
+    precision = pick_precision(config.train.precision, device)
+    scan = scan or scan_folder(config.data.root, config.data.val_fraction, config.train.seed)
+    built = build_model(config.model, len(scan.classes), config.data.image_size)
+    model = built.model.to(device)
+    names = [n for n, _ in model.named_parameters()]
+    frozen = resolve_frozen(names, config.freeze, built.head)
+    apply_freeze(model, frozen)
+    groups = optimizer_groups(model, frozen, config.optim.groups, config.optim.lr,
+                              config.optim.weight_decay)
+    if not groups:
+        raise StudioError("every parameter is frozen, so there is nothing to train; unfreeze "
+                          "at least the head")
+    optimizer = make_optimizer(config.optim, groups)
+    weights = scan.class_weights().to(device) if config.data.balance == "loss" else None
+    criterion = make_criterion(config.train, weights).to(device)
+    dataset = FolderDataset(scan.splits["train"],
+                            build_transforms(built.preprocessing, config.data.augment, True))
+    generator = torch.Generator().manual_seed(config.train.seed)
+    batch = min(config.train.batch_size, len(dataset))
+    loader = DataLoader(dataset, batch_size=max(1, batch), shuffle=True, generator=generator,
+                        drop_last=len(dataset) > batch, num_workers=auto_workers(),
+                        pin_memory=device.type == "cuda")
+
+    def train_mode() -> None:
+        model.train()
+        if config.freeze.bn_frozen:
+            set_frozen_norms_eval(model, frozen)
+
+    # bf16 as in training; fp16 would need a GradScaler for a few hundred steps, so fp32.
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else torch.autocast(device.type, enabled=False))
+    return lr_sweep(model, optimizer, loader, criterion, base_lr=config.optim.lr,
+                    start_lr=start_lr, end_lr=end_lr, steps=steps, device=device,
+                    autocast=autocast, stop=stop, progress=progress, train_mode=train_mode)
+
