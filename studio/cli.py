@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(commands)
     _add_export_parser(commands)
+    _add_eval_parsers(commands)
 
     zoo = commands.add_parser("models", help="list the torchvision backbones")
     zoo.add_argument("filter", nargs="?", default="", help="show names containing this text")
@@ -233,6 +234,14 @@ def _add_train_parser(commands: Any) -> None:
     loop.add_argument("--seed", type=int)
     loop.add_argument("--deterministic", action="store_true")
     loop.add_argument("--workers", type=int, metavar="N", help="DataLoader workers (-1: auto)")
+    finder = train.add_argument_group("learning-rate finder")
+    finder.add_argument("--find-lr", action="store_true",
+                        help="do not train: sweep the learning rate from 1e-7 to 10 on this "
+                             "config's freeze spec and groups and print a suggested base LR")
+    finder.add_argument("--find-lr-steps", type=int, default=200, metavar="N",
+                        help="length of the sweep (default 200; it ends early on divergence)")
+    finder.add_argument("--json", action="store_true", help="with --find-lr: print the curve "
+                                                            "as JSON")
     train.set_defaults(handler=_cmd_train)
 
 
@@ -340,6 +349,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not config.data.root:
             raise StudioError("no dataset given; pass --data DIR (a folder with one subfolder "
                               "per class), --sample, or --config")
+        if args.find_lr:
+            return _find_lr(args, config)
         out = args.out or str(Path("runs") / f"{config.model.backbone}-"
                                               f"{time.strftime('%Y%m%d-%H%M%S')}")
         trainer = Trainer(config, out, callbacks=[progress])
@@ -492,3 +503,113 @@ def format_export(report: Any) -> str:
     lines.append(f"Images: {report.dataset_note}.")
     lines.append(f"Report: {report.report_path}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval, predict, lr-find
+
+
+def _add_eval_parsers(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a trained run: accuracy, per-class metrics, confusion matrix",
+        description="Run a run's checkpoint over its validation split (or another folder of the "
+                    "same classes, e.g. a held-out test set) and report accuracy, top-5 "
+                    "accuracy, per-class precision/recall/F1, the confusion matrix, the most "
+                    "confused classes and the top losses.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by studio train")
+    evaluate.add_argument("--data", metavar="DIR",
+                          help="evaluate this folder instead (its test/ split if it has one, "
+                               "else all its images); classes are matched by name")
+    evaluate.add_argument("--split", choices=["auto", "val", "test", "train", "all"],
+                          default="auto", help="which images of the folder (default: val of "
+                                               "the run's own data, test or all of --data)")
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                          help="which checkpoint of the run (default best)")
+    evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a trained run",
+        description="Print the most likely classes of each image, using the run's own "
+                    "preprocessing. Exits 1 if any image could not be read.")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by studio train")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    predict.add_argument("--top", type=int, default=3, metavar="K",
+                         help="how many classes per image (default 3)")
+    predict.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                         help="which checkpoint of the run (default best)")
+    predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+    predict.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from studio.engine.evaluate import evaluate_run
+
+    evaluation = evaluate_run(args.run_dir, data=args.data, checkpoint=args.checkpoint,
+                              split=args.split, device=args.device,
+                              progress=None if args.json else _Progress("evaluating"))
+    if args.json:
+        print(json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(evaluation.report())
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from studio.engine.config import ConfigError
+    from studio.engine.errors import DatasetError
+    from studio.engine.evaluate import Predictor
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1; got {args.top}")
+    predictor = Predictor(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            prediction = predictor.predict(path, k=args.top)
+        except DatasetError as error:
+            failed += 1
+            print(f"error: {error}", file=sys.stderr)
+            results.append({"path": path, "error": str(error)})
+            continue
+        results.append(prediction.to_json())
+        if not args.json:
+            ranked = "  ".join(f"{name} {probability:.1%}" for name, probability in prediction.top)
+            print(f"{path}: {ranked}")
+    if args.json:
+        print(json.dumps({"labels": predictor.labels, "predictions": results}, indent=2,
+                         ensure_ascii=False))
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _find_lr(args: argparse.Namespace, config: Any) -> int:
+    """`studio train --find-lr`: sweep instead of training; nothing is written."""
+    from studio.engine.lr_finder import find_lr
+
+    live = sys.stderr.isatty() and not args.json
+
+    def progress(step: int, steps: int, lr: float, loss: float) -> None:
+        if live:
+            end = "\n" if step >= steps else ""
+            sys.stderr.write(f"\rsweeping {step}/{steps}  lr {lr:.2e}  loss {loss:.4f}{end}")
+            sys.stderr.flush()
+
+    result = find_lr(config, steps=args.find_lr_steps, progress=progress)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return EXIT_OK
+    if live and result.ended != "finished":
+        sys.stderr.write("\n")
+    how = {"finished": "finished", "diverged": "stopped when the loss diverged",
+           "stopped": "stopped"}[result.ended]
+    print(f"swept {len(result.lrs)} steps from {result.lrs[0] if result.lrs else 0:.0e} "
+          f"({how})")
+    if result.suggestion is None:
+        print("no suggestion: the curve is too short or never falls; try more --steps")
+    else:
+        factor = result.suggestion / result.base_lr
+        print(f"suggested base learning rate: {result.suggestion:.2e} (now {result.base_lr:g}; "
+              f"groups scale by {factor:.3g})")
+    return EXIT_OK
