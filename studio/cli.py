@@ -234,6 +234,15 @@ def _add_train_parser(commands: Any) -> None:
     loop.add_argument("--seed", type=int)
     loop.add_argument("--deterministic", action="store_true")
     loop.add_argument("--workers", type=int, metavar="N", help="DataLoader workers (-1: auto)")
+    speed = train.add_argument_group("speed")
+    speed.add_argument("--feature-cache", choices=["auto", "off"],
+                       help="run frozen leading layers once per image and train on their cached "
+                            "output (auto: when they come first and images are not augmented)")
+    speed.add_argument("--cache-views", type=int, metavar="K",
+                       help="with augmentation: cache K augmented views of every image")
+    speed.add_argument("--image-cache", choices=["auto", "off"],
+                       help="keep decoded, resized images in memory when they fit (auto)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
     finder = train.add_argument_group("learning-rate finder")
     finder.add_argument("--find-lr", action="store_true",
                         help="do not train: sweep the learning rate from 1e-7 to 10 on this "
@@ -258,7 +267,8 @@ _OVERRIDES = {
     "grad_clip": ("train", "grad_clip"), "accumulate": ("train", "accumulate"),
     "early_stopping": ("train", "early_stopping"), "device": ("train", "device"),
     "precision": ("train", "precision"), "seed": ("train", "seed"),
-    "workers": ("train", "workers"),
+    "workers": ("train", "workers"), "feature_cache": ("train", "feature_cache"),
+    "cache_views": ("train", "cache_views"), "image_cache": ("train", "image_cache"),
 }
 
 
@@ -283,6 +293,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         changes["train"]["channels_last"] = False
     if args.deterministic:
         changes["train"]["deterministic"] = True
+    if args.compile:
+        changes["train"]["compile"] = True
     if args.lr:
         changes["optim"]["groups"] = tuple(_parse_lr(item) for item in args.lr)
     for section, fields in changes.items():
@@ -430,6 +442,11 @@ class TerminalProgress(Callback):
 
     def on_warning(self, event: Any) -> None:
         self._line(f"warning: {event.message}")
+
+    def on_cache(self, event: Any) -> None:
+        if event.state == "building" and not self.live:
+            return
+        self._line(event.describe() + ("…" if event.state == "building" else ""))
 
     def on_fit_end(self, event: Any) -> None:
         best = ""

@@ -34,6 +34,7 @@ LOSSES = ("cross_entropy", "focal")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MONITORS = ("val_acc", "val_loss")
+CACHE_MODES = ("auto", "off")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -197,6 +198,12 @@ class TrainConfig:
     workers: int = -1  # -1: chosen from the machine
     seed: int = 0
     deterministic: bool = False
+    # Run the frozen prefix once per image and train on its cached output (see features.py):
+    # "auto" uses it when the frozen layers come first and images are not randomly augmented.
+    feature_cache: str = "auto"
+    cache_views: int = 0  # with augmentation on: cache this many augmented views per image
+    image_cache: str = "auto"  # keep decoded, resized images in memory when they fit
+    compile: bool = False  # torch.compile the model (opt-in: compiling takes a while)
 
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 100_000,
@@ -212,6 +219,10 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _require(self.workers >= -1, f"workers must be -1 (auto) or more; got {self.workers}")
+        _choice("feature_cache", self.feature_cache, CACHE_MODES)
+        _choice("image_cache", self.image_cache, CACHE_MODES)
+        _require(0 <= self.cache_views <= 64,
+                 f"cache_views must be between 0 and 64; got {self.cache_views}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,34 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheReport:
+    """What a cache is doing: being built, ready, or off (with the reason)."""
+
+    kind: str  # "features" or "images"
+    state: str  # "building", "ready", "reused" or "off"
+    images: int = 0
+    megabytes: float = 0.0
+    seconds: float = 0.0
+    detail: str = ""  # where it cuts the model / why it is off / where it is stored
+
+    def describe(self) -> str:
+        name = "feature cache" if self.kind == "features" else "image cache"
+        if self.state == "off":
+            return f"{name}: off ({self.detail})" if self.detail else f"{name}: off"
+        if self.state == "building":
+            return f"{name}: computing {self.images} images{_detail(self.detail)}"
+        verb = "reused" if self.state == "reused" else "on"
+        took = f" in {self.seconds:.1f} s" if self.state == "ready" and self.seconds else ""
+        size = f"{self.megabytes:.1f}" if self.megabytes < 10 else f"{self.megabytes:.0f}"
+        return (f"{name}: {verb}, {self.images} images, {size} MB{took}"
+                f"{_detail(self.detail)}")
+
+
+def _detail(text: str) -> str:
+    return f" ({text})" if text else ""
+
+
+@dataclass(frozen=True, slots=True)
 class WarningIssued:
     message: str
 
@@ -112,5 +140,7 @@ class Callback:
     def on_checkpoint(self, event: CheckpointSaved) -> None: ...
 
     def on_warning(self, event: WarningIssued) -> None: ...
+
+    def on_cache(self, event: CacheReport) -> None: ...
 
     def on_fit_end(self, event: FitEnded) -> None: ...

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,17 @@ from studio.engine.config import (
     TrainConfig,
     atomic_write_text,
 )
-from studio.engine.data import DatasetScan, FolderDataset, build_transforms, scan_folder
+from studio.engine.data import (
+    DatasetScan,
+    FolderDataset,
+    Sample,
+    build_transforms,
+    scan_folder,
+)
 from studio.engine.errors import StudioError
 from studio.engine.events import (
     BatchEnded,
+    CacheReport,
     Callback,
     CheckpointSaved,
     EpochEnded,
@@ -60,6 +67,17 @@ from studio.engine.events import (
     Outcome,
     StageStarted,
     WarningIssued,
+)
+from studio.engine.features import (
+    MIN_PREFIX_SHARE,
+    CachedBatches,
+    CacheStopped,
+    ModelSplit,
+    SplitRefused,
+    cache_key,
+    load_or_build,
+    prefix_share,
+    split_model,
 )
 from studio.engine.params import (
     apply_freeze,
@@ -318,6 +336,12 @@ class Trainer:
         weights = scan.class_weights().to(self.device) if cfg.data.balance == "loss" else None
         self.criterion = make_criterion(cfg.train, weights).to(self.device)
         self.train_loader, self.val_loader = self._make_loaders(scan)
+        self.train_batches: Any = self.train_loader  # or cached features (features.py)
+        self.val_batches: Any = self.val_loader
+        self._compiled: nn.Module | None = None
+        self.forward: nn.Module = self._compile(self.model)  # or a split model's suffix
+        self.feature_split: ModelSplit | None = None
+        self._cache_pending = False
         self.steps_per_epoch = len(self.train_loader)
         self.opt_steps_per_epoch = math.ceil(self.steps_per_epoch / cfg.train.accumulate)
         self.total_opt_steps = self.opt_steps_per_epoch * cfg.train.epochs
@@ -392,6 +416,7 @@ class Trainer:
                                   "pin_memory": self.device.type == "cuda"}
         if workers > 0:
             common |= {"multiprocessing_context": _loader_context(), "persistent_workers": True}
+        self._loader_common = {k: v for k, v in common.items() if k != "persistent_workers"}
         sampler = (scan.weighted_sampler(self.generator) if cfg.data.balance == "sampler"
                    else None)
         batch = min(cfg.train.batch_size, len(train_set))
@@ -437,6 +462,7 @@ class Trainer:
         else:
             self._regroup(groups)
         self.state.stage_index = index
+        self._cache_pending = True
         if announce:
             self._announce_stage(epoch)
 
@@ -485,12 +511,124 @@ class Trainer:
         assert self.optimizer is not None
         return {g["name"]: float(g["lr"]) for g in self.optimizer.param_groups if g["params"]}
 
+    # -- the feature cache ----------------------------------------------------------------
+
+    def _use_images(self) -> None:
+        self.train_batches, self.val_batches = self.train_loader, self.val_loader
+        self.forward, self.feature_split = self._compile(self.model), None
+
+    def _compile(self, module: nn.Module) -> nn.Module:
+        """``torch.compile`` when asked (train.compile); the whole model is compiled once."""
+        if not self.config.train.compile:
+            return module
+        if module is self.model:
+            if self._compiled is None:
+                self._compiled = torch.compile(module)  # type: ignore[assignment]
+            return self._compiled
+        return torch.compile(module)  # type: ignore[return-value]
+
+    def _feature_cache_refusal(self) -> str | None:
+        """Why the frozen prefix cannot be cached for this stage, or None when it can."""
+        cfg = self.config
+        if cfg.train.feature_cache == "off":
+            return "switched off"
+        if cfg.data.augment != "none" and cfg.train.cache_views == 0:
+            return (f"images are augmented ({cfg.data.augment}); set cache_views to cache "
+                    f"augmented views, or augment none")
+        try:
+            split = split_model(self.model, self.frozen, self.bn_frozen)
+        except SplitRefused as reason:
+            return str(reason)
+        share = prefix_share(self.model, split, self.built.preprocessing.crop)
+        if share < MIN_PREFIX_SHARE:
+            return (f"the frozen layers before {split.boundary} are only {share:.0%} of the "
+                    f"computation")
+        self.feature_split = split
+        self._prefix_share = share
+        return None
+
+    def _prepare_feature_cache(self, epoch: int, stop: threading.Event) -> bool:
+        """Decide and build this stage's cache; False when stopped while building."""
+        cfg = self.config
+        self._use_images()
+        refusal = self._feature_cache_refusal()
+        if refusal is not None:
+            self._emit("on_cache", CacheReport("features", "off", detail=refusal))
+            return True
+        split = self.feature_split
+        assert split is not None
+        views = max(1, cfg.train.cache_views) if cfg.data.augment != "none" else 1
+        train_samples = list(self.scan.splits["train"])
+        val_samples = list(self.scan.splits["val"])
+        prep = self.built.preprocessing
+        key_prep = prep.to_json()
+        augment = cfg.data.augment if views > 1 or cfg.data.augment != "none" else "none"
+        keys = (cache_key(split, train_samples, key_prep, self.precision, views, augment,
+                          cfg.train.seed),
+                cache_key(split, val_samples, key_prep, self.precision))
+        images = len(train_samples) * views + len(val_samples)
+        self._emit("on_cache", CacheReport("features", "building", images=images,
+                                           detail=f"cut after {split.boundary}"))
+        train_transform = build_transforms(prep, cfg.data.augment, train=True)
+        eval_transform = build_transforms(prep)
+
+        def batches(samples: list[Sample], transform: Any, seed: int) -> Callable[[int], Any]:
+            def for_view(view: int) -> Any:
+                torch.manual_seed(seed * 7919 + view)
+                loader = DataLoader(FolderDataset(samples, transform),
+                                    batch_size=max(cfg.train.batch_size, 64), shuffle=False,
+                                    generator=torch.Generator().manual_seed(seed + view),
+                                    **self._loader_common)
+                return (images for images, _ in loader)
+            return for_view
+
+        started = time.monotonic()
+        autocast = self._autocast()
+        try:
+            train_set, train_reused = load_or_build(
+                keys[0], split.prefix, batches(train_samples, train_transform, cfg.train.seed),
+                len(train_samples), views, [s.label for s in train_samples], self.device,
+                autocast, self.channels_last, stop)
+            if val_samples:
+                val_set, val_reused = load_or_build(
+                    keys[1], split.prefix, batches(val_samples, eval_transform, 0),
+                    len(val_samples), 1, [s.label for s in val_samples], self.device,
+                    autocast, self.channels_last, stop)
+            else:
+                val_set, val_reused = None, True
+        except CacheStopped:
+            return False
+        seconds = time.monotonic() - started
+        self.train_batches = CachedBatches(
+            train_set, self.train_loader.sampler if cfg.data.balance == "sampler" else None,
+            self.train_loader.batch_size or 1, self.train_loader.drop_last, self.generator,
+            shuffle=cfg.data.balance != "sampler")
+        if val_set is not None:
+            self.val_batches = CachedBatches(val_set, None, cfg.train.batch_size, False)
+        self.forward = self._compile(split.suffix)
+        megabytes = (train_set.nbytes + (val_set.nbytes if val_set is not None else 0)) / 1e6
+        where = [f"cut after {split.boundary}", f"{self._prefix_share:.0%} of the computation"]
+        if views > 1:
+            where.append(f"{views} augmented views per image")
+        if train_set.path is not None:
+            where.append(f"on disk in {train_set.path.parent}")
+        where.extend(split.notes)
+        reused = train_reused and val_reused
+        self._emit("on_cache", CacheReport("features", "reused" if reused else "ready",
+                                           images=images, megabytes=megabytes, seconds=seconds,
+                                           detail="; ".join(where)))
+        return True
+
     # -- the loop -------------------------------------------------------------------------
 
     def _loop(self, stop: threading.Event, pause: threading.Event | None) -> FitEnded:
         cfg = self.config
         for epoch in range(self.start_epoch, cfg.train.epochs + 1):
             self._enter_stage(epoch)
+            if self._cache_pending:
+                self._cache_pending = False
+                if not self._prepare_feature_cache(epoch, stop):
+                    return self._cancelled(epoch)
             began = time.monotonic()
             trained = self._train_epoch(epoch, stop, pause)
             if trained is None:
@@ -536,9 +674,12 @@ class Trainer:
         model, optimizer = self.model, self.optimizer
         assert optimizer is not None
         model.train()
+        self.forward.train()
         if self.bn_frozen:
             set_frozen_norms_eval(model, self.frozen)
         self.generator.manual_seed(cfg.train.seed * 1000 + epoch)  # same order on resume
+        if isinstance(self.train_batches, CachedBatches):
+            self.train_batches.set_epoch(cfg.train.seed * 1000 + epoch)
         steps, accumulate = self.steps_per_epoch, cfg.train.accumulate
         autocast = self._autocast()
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
@@ -549,13 +690,14 @@ class Trainer:
         began = last_emit = time.monotonic()
         paused = 0.0
         optimizer.zero_grad(set_to_none=True)
-        for step, (images, targets) in enumerate(self.train_loader, start=1):
+        forward = self.forward
+        for step, (images, targets) in enumerate(self.train_batches, start=1):
             paused += self._wait_while_paused(stop, pause)
             if stop.is_set():
                 return None
             images, targets = self._to_device(images, targets)
             with autocast:
-                logits = model(images)
+                logits = forward(images)
                 loss = self.criterion(logits, targets)
             scaled = loss / accumulate
             if self.scaler is not None:
@@ -594,7 +736,8 @@ class Trainer:
 
     def _to_device(self, images: torch.Tensor, targets: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        layout = torch.channels_last if self.channels_last else torch.preserve_format
+        layout = (torch.channels_last if self.channels_last and images.dim() == 4
+                  else torch.preserve_format)
         return (images.to(self.device, non_blocking=True, memory_format=layout),
                 targets.to(self.device, non_blocking=True))
 
@@ -627,15 +770,16 @@ class Trainer:
         if len(self.val_loader.dataset) == 0:  # type: ignore[arg-type]
             return float("nan"), float("nan")
         self.model.eval()
+        self.forward.eval()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
         with self._autocast():
-            for images, targets in self.val_loader:
+            for images, targets in self.val_batches:
                 if stop.is_set():
                     return None
                 images, targets = self._to_device(images, targets)
-                logits = self.model(images).float()
+                logits = self.forward(images).float()
                 total_loss += F.cross_entropy(logits, targets, reduction="sum")
                 correct += (logits.argmax(1) == targets).sum()
                 seen += targets.shape[0]
@@ -777,6 +921,12 @@ class RunRecorder(Callback):
 
     def on_epoch_end(self, event: EpochEnded) -> None:
         self._write({k: _nan_to_none(v) for k, v in event.to_json().items()})
+
+    def on_cache(self, event: CacheReport) -> None:
+        if event.state != "building":
+            self._write({"event": "cache", "kind": event.kind, "state": event.state,
+                         "images": event.images, "megabytes": round(event.megabytes, 3),
+                         "seconds": round(event.seconds, 3), "detail": event.detail})
 
     def on_fit_end(self, event: FitEnded) -> None:
         self._write({"event": "fit_end", "outcome": event.outcome.value,
