@@ -527,11 +527,18 @@ class Trainer:
             return self._compiled
         return torch.compile(module)  # type: ignore[return-value]
 
-    def _feature_cache_refusal(self) -> str | None:
+    def _stage_epochs(self, epoch: int) -> int:
+        """Epochs from ``epoch`` to the end of its stage."""
+        later = [s.epoch for s in self.config.stages if s.epoch > epoch]
+        return min([*later, self.config.train.epochs + 1]) - epoch
+
+    def _feature_cache_refusal(self, epoch: int) -> str | None:
         """Why the frozen prefix cannot be cached for this stage, or None when it can."""
         cfg = self.config
         if cfg.train.feature_cache == "off":
             return "switched off"
+        if self._stage_epochs(epoch) < 2:
+            return "a single epoch sees each image once, so caching would not pay"
         if cfg.data.augment != "none" and cfg.train.cache_views == 0:
             return (f"images are augmented ({cfg.data.augment}); set cache_views to cache "
                     f"augmented views, or augment none")
@@ -551,7 +558,7 @@ class Trainer:
         """Decide and build this stage's cache; False when stopped while building."""
         cfg = self.config
         self._use_images()
-        refusal = self._feature_cache_refusal()
+        refusal = self._feature_cache_refusal(epoch)
         if refusal is not None:
             self._emit("on_cache", CacheReport("features", "off", detail=refusal))
             return True

@@ -184,20 +184,20 @@ def test_cached_training_gives_the_results_of_training_on_images(tiny_dataset: P
 
 def test_a_second_run_reuses_the_features_and_a_change_rebuilds_them(
         tiny_dataset: Path, tmp_path: Path, make_tiny_dataset: Callable[..., Path]) -> None:
-    fit(tiny_config(tiny_dataset, epochs=1), tmp_path / "one")
-    _, again = fit(tiny_config(tiny_dataset, epochs=1), tmp_path / "two")
+    fit(tiny_config(tiny_dataset, epochs=2), tmp_path / "one")
+    _, again = fit(tiny_config(tiny_dataset, epochs=2), tmp_path / "two")
     assert again.caches[-1].state == "reused"
     data = make_tiny_dataset(tmp_path / "data", per_class=10, size=16)
-    _, same_files = fit(tiny_config(data, epochs=1), tmp_path / "three")
+    _, same_files = fit(tiny_config(data, epochs=2), tmp_path / "three")
     assert same_files.caches[-1].state == "ready", "other files (paths) are other features"
     shutil.copy(data / "red" / "red_00.png", data / "red" / "red_extra.png")
-    _, added = fit(tiny_config(data, epochs=1), tmp_path / "four")
+    _, added = fit(tiny_config(data, epochs=2), tmp_path / "four")
     assert added.caches[-1].state == "ready" and added.caches[-1].images == 31
 
 
 def test_augmented_images_are_not_cached_unless_views_are_asked_for(tiny_dataset: Path,
                                                                     tmp_path: Path) -> None:
-    _, plain = fit(tiny_config(tiny_dataset, epochs=1, augment="light"), tmp_path / "a")
+    _, plain = fit(tiny_config(tiny_dataset, epochs=2, augment="light"), tmp_path / "a")
     assert plain.caches[-1].state == "off" and "cache_views" in plain.caches[-1].detail
     result, views = fit(tiny_config(tiny_dataset, epochs=2, augment="light", cache_views=3),
                         tmp_path / "b")
@@ -223,11 +223,16 @@ def test_large_feature_sets_spill_to_disk_and_are_found_there_again(
 def test_head_first_on_cached_features_then_unfreeze_on_images(tiny_dataset: Path,
                                                               tmp_path: Path) -> None:
     stages = (StageSpec(epoch=3, freeze=FreezeSpec(preset="train_all")),)
-    result, recorder = fit(tiny_config(tiny_dataset, epochs=3, stages=stages), tmp_path / "r")
+    result, recorder = fit(tiny_config(tiny_dataset, epochs=4, stages=stages), tmp_path / "r")
     assert result.outcome is Outcome.COMPLETED
     assert [c.state for c in recorder.caches] == ["building", "ready", "off"]
     assert recorder.caches[-1].detail == "every layer trains"
-    assert len(recorder.epochs) == 3
+    assert len(recorder.epochs) == 4
+
+
+def test_a_single_epoch_is_not_worth_caching(tiny_dataset: Path, tmp_path: Path) -> None:
+    _, recorder = fit(tiny_config(tiny_dataset, epochs=1), tmp_path / "r")
+    assert recorder.caches[-1].state == "off" and "single epoch" in recorder.caches[-1].detail
 
 
 def test_stop_while_the_cache_is_built_cancels_the_fit(tiny_dataset: Path,
