@@ -474,16 +474,28 @@ def _first(value: Any) -> Any:
 
 def build_transforms(prep: Preprocessing, augment: str = "none", train: bool = False) -> Any:
     """Eval transforms follow ``prep`` exactly; train transforms add the augmentation preset."""
+    from torchvision.transforms import v2 as T
+
+    decode, tail = transform_parts(prep, augment, train)
+    return T.Compose([*decode, T.ToImage(), *tail])
+
+
+def transform_parts(prep: Preprocessing, augment: str = "none", train: bool = False
+                    ) -> tuple[list[Any], list[Any]]:
+    """The transforms split where a decoded-image cache can store the result: (steps on the PIL
+    image, done once when cached; steps on the uint8 CHW tensor, done every time). Eval: pad,
+    resize, centre-crop | scale, normalise (bit-identical either way). Train with augmentation:
+    pad | random crop and the preset's steps (cached images are first resized to ``resize``, so
+    random crops start from that resolution instead of the original file's)."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2 as T
 
     interpolation = InterpolationMode(prep.interpolation)
-    finish = [T.ToImage(), T.ToDtype(torch.float32, scale=True),
+    finish = [T.ToDtype(torch.float32, scale=True),
               T.Normalize(mean=list(prep.mean), std=list(prep.std))]
-    geometry_eval = [PadToAspect(), T.Resize(prep.resize, interpolation=interpolation,
-                                             antialias=True), T.CenterCrop(prep.crop)]
     if not train or augment == "none":
-        return T.Compose([*geometry_eval, *finish])
+        return ([PadToAspect(), T.Resize(prep.resize, interpolation=interpolation,
+                                         antialias=True), T.CenterCrop(prep.crop)], finish)
     crop = prep.crop
     if augment == "light":
         steps = [T.RandomResizedCrop(crop, scale=(0.7, 1.0), interpolation=interpolation,
@@ -504,7 +516,7 @@ def build_transforms(prep: Preprocessing, augment: str = "none", train: bool = F
         tail = [T.RandomErasing(p=0.25)]
     else:
         raise ValueError(f"unknown augmentation preset {augment!r}")
-    return T.Compose([PadToAspect(), *steps, *finish, *tail])
+    return [PadToAspect()], [*steps, *finish, *tail]
 
 
 class FolderDataset(Dataset):
@@ -525,3 +537,94 @@ class FolderDataset(Dataset):
             raise DatasetError(f"{sample.path} could not be read ({error}); it changed after the "
                                f"dataset was scanned, so scan the folder again") from error
         return self.transform(image), sample.label
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded-image cache
+
+
+IMAGE_CACHE_FRACTION = 0.25  # of the machine's RAM that decoded images may take
+
+
+class DecodedImages:
+    """Images decoded once and kept as uint8 CHW tensors packed in one flat buffer (one shared
+    memory segment when DataLoader workers receive it)."""
+
+    def __init__(self, buffer: torch.Tensor, offsets: torch.Tensor, shapes: torch.Tensor) -> None:
+        self.buffer, self.offsets, self.shapes = buffer, offsets, shapes
+
+    def __len__(self) -> int:
+        return int(self.shapes.shape[0])
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        start = int(self.offsets[index])
+        c, h, w = (int(v) for v in self.shapes[index])
+        return self.buffer[start:start + c * h * w].view(c, h, w)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.buffer.numel())
+
+
+def decoded_size_estimate(count: int, prep: Preprocessing, cropped: bool) -> int:
+    """Bytes for ``count`` images: exact when centre-cropped, else for 4:3 pictures."""
+    if cropped:
+        return count * 3 * prep.crop * prep.crop
+    return count * 3 * prep.resize * round(prep.resize * 4 / 3)
+
+
+def image_cache_budget() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        ram = 8 * 1024**3
+    return int(IMAGE_CACHE_FRACTION * ram)
+
+
+def decode_images(samples: Sequence[Sample], steps: Sequence[Callable[[Any], Any]],
+                  workers: int | None = None, stop: Any = None,
+                  progress: ProgressCallback | None = None) -> DecodedImages | None:
+    """Decode every sample and apply ``steps`` (PIL → PIL), in parallel threads. Returns None
+    when ``stop`` (a threading.Event) is set before the end."""
+    from torchvision.transforms.v2 import functional as TF
+
+    def one(sample: Sample) -> torch.Tensor:
+        try:
+            image = load_image(sample.path)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DatasetError(f"{sample.path} could not be read ({error}); it changed after "
+                               f"the dataset was scanned, so scan the folder again") from error
+        for step in steps:
+            image = step(image)
+        return TF.pil_to_tensor(image).contiguous()
+
+    tensors: list[torch.Tensor] = []
+    workers = workers or min(8, (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="studio-decode") as pool:
+        chunk = 64
+        for start in range(0, len(samples), chunk):
+            if stop is not None and stop.is_set():
+                return None
+            tensors.extend(pool.map(one, samples[start:start + chunk]))
+            if progress:
+                progress(len(tensors), len(samples))
+    shapes = torch.tensor([list(t.shape) for t in tensors], dtype=torch.long).reshape(-1, 3)
+    sizes = shapes.prod(dim=1)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    buffer = torch.cat([t.reshape(-1) for t in tensors]) if tensors else \
+        torch.empty(0, dtype=torch.uint8)
+    return DecodedImages(buffer, offsets, shapes)
+
+
+class DecodedDataset(Dataset):
+    """Like FolderDataset, from decoded images: only the per-sample tensor steps run."""
+
+    def __init__(self, images: DecodedImages, samples: Sequence[Sample],
+                 transform: Callable[[torch.Tensor], Any]) -> None:
+        self.images, self.samples, self.transform = images, list(samples), transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.transform(self.images[index]), self.samples[index].label

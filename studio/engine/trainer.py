@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from studio.engine.backbones import BuiltModel, build_model
 from studio.engine.checkpoint import (
@@ -50,10 +50,15 @@ from studio.engine.config import (
 )
 from studio.engine.data import (
     DatasetScan,
+    DecodedDataset,
     FolderDataset,
     Sample,
     build_transforms,
+    decode_images,
+    decoded_size_estimate,
+    image_cache_budget,
     scan_folder,
+    transform_parts,
 )
 from studio.engine.errors import StudioError
 from studio.engine.events import (
@@ -342,6 +347,7 @@ class Trainer:
         self.forward: nn.Module = self._compile(self.model)  # or a split model's suffix
         self.feature_split: ModelSplit | None = None
         self._cache_pending = False
+        self._image_loaders: tuple[DataLoader, DataLoader] | None = None
         self.steps_per_epoch = len(self.train_loader)
         self.opt_steps_per_epoch = math.ceil(self.steps_per_epoch / cfg.train.accumulate)
         self.total_opt_steps = self.opt_steps_per_epoch * cfg.train.epochs
@@ -410,8 +416,16 @@ class Trainer:
         train_set = FolderDataset(scan.splits["train"],
                                   build_transforms(prep, cfg.data.augment, train=True))
         val_set = FolderDataset(scan.splits["val"], build_transforms(prep))
+        return self._loaders_for(train_set, val_set)
+
+    def _loaders_for(self, train_set: Dataset, val_set: Dataset
+                     ) -> tuple[DataLoader, DataLoader]:
+        cfg = self.config
+        scan = self.scan
+        assert scan is not None
         workers = auto_workers() if cfg.train.workers < 0 else cfg.train.workers
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        if not hasattr(self, "generator"):  # one generator, reseeded every epoch
+            self.generator = torch.Generator().manual_seed(cfg.train.seed)
         common: dict[str, Any] = {"num_workers": workers,
                                   "pin_memory": self.device.type == "cuda"}
         if workers > 0:
@@ -419,13 +433,14 @@ class Trainer:
         self._loader_common = {k: v for k, v in common.items() if k != "persistent_workers"}
         sampler = (scan.weighted_sampler(self.generator) if cfg.data.balance == "sampler"
                    else None)
-        batch = min(cfg.train.batch_size, len(train_set))
+        batch = min(cfg.train.batch_size, len(train_set))  # type: ignore[arg-type]
         train = DataLoader(train_set, batch_size=batch, shuffle=sampler is None,
                            sampler=sampler, generator=self.generator,
-                           drop_last=len(train_set) > batch and len(train_set) % batch == 1,
+                           drop_last=len(train_set) > batch  # type: ignore[arg-type]
+                           and len(train_set) % batch == 1,  # type: ignore[arg-type]
                            **common)
         val = DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, **common)
-        self._loaders = [train, val]
+        self._loaders.extend([train, val])
         return train, val
 
     def _close_loaders(self) -> None:
@@ -561,7 +576,7 @@ class Trainer:
         refusal = self._feature_cache_refusal(epoch)
         if refusal is not None:
             self._emit("on_cache", CacheReport("features", "off", detail=refusal))
-            return True
+            return self._prepare_image_cache(epoch, stop)
         split = self.feature_split
         assert split is not None
         views = max(1, cfg.train.cache_views) if cfg.data.augment != "none" else 1
@@ -624,6 +639,55 @@ class Trainer:
         self._emit("on_cache", CacheReport("features", "reused" if reused else "ready",
                                            images=images, megabytes=megabytes, seconds=seconds,
                                            detail="; ".join(where)))
+        return True
+
+    def _prepare_image_cache(self, epoch: int, stop: threading.Event) -> bool:
+        """Decode and resize every image once, keep uint8 tensors; False when stopped."""
+        if self._image_loaders is not None:
+            self.train_batches, self.val_batches = self._image_loaders
+            return True
+        cfg = self.config
+        prep = self.built.preprocessing
+        scan = self.scan
+        assert scan is not None
+        train_samples, val_samples = list(scan.splits["train"]), list(scan.splits["val"])
+        cropped = cfg.data.augment == "none"
+        need = (decoded_size_estimate(len(train_samples), prep, cropped)
+                + decoded_size_estimate(len(val_samples), prep, True))
+        budget = image_cache_budget()
+        refusal = None
+        if cfg.train.image_cache == "off":
+            refusal = "switched off"
+        elif cfg.train.epochs - epoch + 1 < 2:
+            refusal = "a single epoch decodes each image once anyway"
+        elif need > budget:
+            refusal = (f"{len(train_samples) + len(val_samples)} images need about "
+                       f"{need / 1e9:.1f} GB, more than the {budget / 1e9:.1f} GB set aside")
+        if refusal is not None:
+            self._image_loaders = (self.train_loader, self.val_loader)
+            self._emit("on_cache", CacheReport("images", "off", detail=refusal))
+            return True
+        from torchvision.transforms import v2 as T
+
+        count = len(train_samples) + len(val_samples)
+        self._emit("on_cache", CacheReport("images", "building", images=count))
+        started = time.monotonic()
+        train_steps, train_tail = transform_parts(prep, cfg.data.augment, train=True)
+        val_steps, val_tail = transform_parts(prep)
+        train_images = decode_images(train_samples, train_steps, stop=stop)
+        val_images = decode_images(val_samples, val_steps, stop=stop)
+        if train_images is None or val_images is None:
+            return False
+        self.train_loader, self.val_loader = self._loaders_for(
+            DecodedDataset(train_images, train_samples, T.Compose(train_tail)),
+            DecodedDataset(val_images, val_samples, T.Compose(val_tail)))
+        self._image_loaders = (self.train_loader, self.val_loader)
+        self.train_batches, self.val_batches = self._image_loaders
+        size = (train_images.nbytes + val_images.nbytes) / 1e6
+        what = "resized" if not cropped else "resized and cropped"
+        self._emit("on_cache", CacheReport("images", "ready", images=count, megabytes=size,
+                                           seconds=time.monotonic() - started,
+                                           detail=f"uint8, {what}"))
         return True
 
     # -- the loop -------------------------------------------------------------------------

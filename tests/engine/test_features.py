@@ -126,12 +126,14 @@ def test_the_key_covers_weights_cut_preprocessing_and_files(tmp_path: Path) -> N
 
 
 class Recorder(Callback):
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "features") -> None:
+        self.kind = kind
         self.caches: list[CacheReport] = []
         self.epochs: list[Any] = []
 
     def on_cache(self, event: CacheReport) -> None:
-        self.caches.append(event)
+        if event.kind == self.kind:
+            self.caches.append(event)
 
     def on_epoch_end(self, event: Any) -> None:
         self.epochs.append(event)
@@ -150,9 +152,9 @@ def tiny_config(data: Path, **train: Any) -> RunConfig:
                           precision="fp32", device="cpu", seed=3, deterministic=True, **train))
 
 
-def fit(config: RunConfig, run_dir: Path, stop: threading.Event | None = None
-        ) -> tuple[Any, Recorder]:
-    recorder = Recorder()
+def fit(config: RunConfig, run_dir: Path, stop: threading.Event | None = None,
+        kind: str = "features") -> tuple[Any, Recorder]:
+    recorder = Recorder(kind)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -252,3 +254,58 @@ def test_stop_while_the_cache_is_built_cancels_the_fit(tiny_dataset: Path,
     finally:
         torch.set_num_threads(threads)
     assert result.outcome is Outcome.CANCELLED
+
+
+# -- the decoded-image cache --------------------------------------------------------------------
+
+
+def test_decoded_images_give_the_eval_tensors_bit_for_bit(tiny_dataset: Path) -> None:
+    from torchvision.transforms import v2 as T
+
+    from studio.engine.data import (
+        DecodedDataset,
+        FolderDataset,
+        Preprocessing,
+        build_transforms,
+        decode_images,
+        transform_parts,
+    )
+
+    samples = [Sample(str(p), i % 3) for i, p in enumerate(sorted(tiny_dataset.glob("*/*.png")))]
+    prep = Preprocessing(36, 32)
+    steps, tail = transform_parts(prep)
+    decoded = decode_images(samples, steps)
+    assert decoded is not None and decoded.nbytes == len(samples) * 3 * 32 * 32
+    cached = DecodedDataset(decoded, samples, T.Compose(tail))
+    plain = FolderDataset(samples, build_transforms(prep))
+    for i in (0, 7, len(samples) - 1):
+        assert torch.equal(cached[i][0], plain[i][0]) and cached[i][1] == plain[i][1]
+    stop = threading.Event()
+    stop.set()
+    assert decode_images(samples, steps, stop=stop) is None
+
+
+def test_training_from_decoded_images_matches_training_from_files(tiny_dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    on, with_cache = fit(tiny_config(tiny_dataset, epochs=2, feature_cache="off",
+                                     freeze=FreezeSpec()), tmp_path / "on", kind="images")
+    off, without = fit(tiny_config(tiny_dataset, epochs=2, feature_cache="off",
+                                   image_cache="off", freeze=FreezeSpec()), tmp_path / "off",
+                       kind="images")
+    images = with_cache.caches
+    assert [c.state for c in images] == ["building", "ready"] and images[-1].images == 30
+    assert [c.state for c in without.caches] == ["off"]
+    for a, b in zip(with_cache.epochs, without.epochs, strict=True):
+        assert a.train_loss == b.train_loss and a.val_acc == b.val_acc
+
+
+def test_images_that_do_not_fit_are_read_from_disk(tiny_dataset: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import studio.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "image_cache_budget", lambda: 1000)
+    result, recorder = fit(tiny_config(tiny_dataset, epochs=2, feature_cache="off"),
+                           tmp_path / "r", kind="images")
+    assert result.outcome is Outcome.COMPLETED
+    report = recorder.caches[-1]
+    assert report.state == "off" and "more than the" in report.detail
