@@ -3,8 +3,9 @@
     python tools/screenshots.py [OUT_DIR]        # default docs/screenshots
 
 It opens the demo (bundled sample dataset), waits for the scan and the model description,
-visits every step, trains two short epochs, and saves one PNG per state. Look at them: a person
-will.
+visits every step, sweeps the learning rate, trains three short epochs, evaluates the run (a
+confused cell's images, then one prediction), exports it, and saves one PNG per state. Look at
+them: a person will.
 """
 
 from __future__ import annotations
@@ -25,6 +26,42 @@ def _wait(app: object, condition: object, seconds: float = 120.0) -> None:
         time.sleep(0.01)
     if not condition():  # type: ignore[operator]
         raise SystemExit(f"timed out waiting for {condition}")
+
+
+def _settle(app: object, rounds: int = 30) -> None:
+    for _ in range(rounds):
+        app.processEvents()  # type: ignore[attr-defined]
+        time.sleep(0.02)
+
+
+def _evaluate(app: object, window: object, out: Path) -> None:
+    """Evaluate the run just trained, open its most confused cell, then predict one image."""
+    import numpy as np
+
+    window.steps.setCurrentRow(window.PAGES.index("Evaluate"))  # type: ignore[attr-defined]
+    panel = window.evaluate_panel  # type: ignore[attr-defined]
+    done: list[object] = []
+    panel.evaluation_finished.connect(done.append)
+    panel.start_evaluation()
+    _wait(app, lambda: bool(done) or not panel.evaluate_task.running, 600)
+    evaluation = panel.evaluation
+    if evaluation is not None:
+        off = evaluation.matrix.copy()
+        np.fill_diagonal(off, -1)
+        row, column = np.unravel_index(int(np.argmax(off)), off.shape)
+        if off[row, column] <= 0:
+            row = column = 0
+        panel.matrix_view.setCurrentIndex(panel.confusion_model.index(int(row), int(column)))
+        _wait(app, lambda: not panel.gallery_model.loading, 60)
+    _settle(app)
+    window.grab().save(str(out / "6-evaluate.png"))  # type: ignore[attr-defined]
+    if evaluation is not None:
+        predicted: list[object] = []
+        panel.prediction_finished.connect(predicted.append)
+        panel.predict_file(evaluation.paths[0])
+        _wait(app, lambda: bool(predicted) or not panel.predict_task.running, 120)
+        _settle(app)
+        window.grab().save(str(out / "6b-evaluate-predict.png"))  # type: ignore[attr-defined]
 
 
 def main() -> int:
@@ -52,7 +89,15 @@ def main() -> int:
         for _ in range(30):
             app.processEvents()
         window.grab().save(str(out / name))
-    window.steps.setCurrentRow(4)
+    finder = window.lr_panel.open_finder()
+    finder.finder.steps_spin.setValue(80)
+    finder.finder.start()
+    _wait(app, lambda: finder.finder.result is not None
+          or finder.finder.error_label.isVisible(), 600)
+    _settle(app)
+    finder.grab().save(str(out / "4b-lr-finder.png"))
+    finder.close()
+    window.steps.setCurrentRow(window.PAGES.index("Train"))
     window.training_panel.train_requested.emit()
     _wait(app, lambda: window.session.is_running)
     _wait(app, lambda: window._last_result is not None, 600)
@@ -60,7 +105,8 @@ def main() -> int:
         app.processEvents()
         time.sleep(0.02)
     window.grab().save(str(out / "5-train.png"))
-    window.steps.setCurrentRow(5)
+    _evaluate(app, window, out)
+    window.steps.setCurrentRow(window.PAGES.index("Export"))
     panel = window.export_panel
     next(b for b in panel.format_group.buttons() if b.property("format") == "onnx").setChecked(True)
     reports: list[object] = []
@@ -69,8 +115,8 @@ def main() -> int:
     _wait(app, lambda: bool(reports) or not panel.progress.isVisible(), 600)
     for _ in range(30):
         app.processEvents()
-    window.grab().save(str(out / "6-export.png"))
-    print(f"saved {len(shots) + 2} screenshots to {out}")
+    window.grab().save(str(out / "7-export.png"))
+    print(f"saved {len(shots) + 5} screenshots to {out}")
     window.close()
     return 0
 

@@ -325,15 +325,17 @@ def predict_samples(run: OpenedRun, samples: Sequence[Sample], batch_size: int =
                     device: str = "auto", progress: Progress | None = None,
                     stop: threading.Event | None = None) -> np.ndarray:
     """Class probabilities (N, C) of every sample, in order, in fp32."""
-    from studio.engine.trainer import auto_workers, pick_device
+    from studio.engine.trainer import loader_workers, pick_device
 
     target = pick_device(device)
     model = run.model.to(target).eval()
     dataset = FolderDataset(samples, build_transforms(run.prep()))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        num_workers=auto_workers(), pin_memory=target.type == "cuda")
+                        pin_memory=target.type == "cuda", **loader_workers())
     out = np.zeros((len(samples), len(run.labels)), dtype=np.float32)
     done = 0
+    if progress is not None:
+        progress(0, len(samples))
     with torch.inference_mode():
         for images, _ in loader:
             if stop is not None and stop.is_set():

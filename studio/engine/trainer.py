@@ -238,6 +238,15 @@ def auto_workers() -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
+def loader_workers(workers: int = -1) -> dict[str, Any]:
+    """DataLoader worker settings for a one-off loader (evaluation, LR sweep, caches):
+    ``workers`` (-1: from the machine) started with forkserver/spawn, never fork."""
+    count = auto_workers() if workers < 0 else workers
+    if count == 0:
+        return {"num_workers": 0}
+    return {"num_workers": count, "multiprocessing_context": _loader_context()}
+
+
 def _loader_context() -> str:
     """Never fork: a forked worker of a multithreaded (GUI) process can deadlock."""
     methods = multiprocessing.get_all_start_methods()

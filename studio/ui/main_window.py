@@ -2,7 +2,7 @@
 
 The window edits a RunConfig (through the panels) and observes training events; all logic lives
 in the engine. Steps down the left side follow the workflow: data → backbone → layers → learning
-rates → train.
+rates → train → evaluate → export.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QSize, QStandardPaths, Qt, QTimer, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -37,6 +37,7 @@ from studio.ui.tasks import BackgroundTask
 from studio.ui.widgets.backbone_panel import BackbonePanel
 from studio.ui.widgets.curves_panel import CurvesPanel
 from studio.ui.widgets.dataset_panel import DatasetPanel
+from studio.ui.widgets.evaluate_panel import EvaluatePanel, dropped_path
 from studio.ui.widgets.export_panel import ExportPanel, run_has_checkpoint
 from studio.ui.widgets.layers_panel import LayersPanel
 from studio.ui.widgets.lr_panel import LearningRatePanel
@@ -56,7 +57,7 @@ def default_runs_dir() -> Path:
 class MainWindow(QMainWindow):
     """The Finetune Studio window."""
 
-    PAGES = ("Dataset", "Backbone", "Layers", "Learning rates", "Train", "Export")
+    PAGES = ("Dataset", "Backbone", "Layers", "Learning rates", "Train", "Evaluate", "Export")
 
     def __init__(self, project: ProjectModel | None = None,
                  settings: QSettings | None = None, parent: QWidget | None = None) -> None:
@@ -68,7 +69,7 @@ class MainWindow(QMainWindow):
         self._described_key: tuple | None = None
         self._last_result: FitEnded | None = None
         self.setWindowTitle("Finetune Studio")
-        self.setAcceptDrops(False)
+        self.setAcceptDrops(True)  # an image file dropped anywhere is predicted (Evaluate)
 
         self.dataset_panel = DatasetPanel(self.project)
         self.backbone_panel = BackbonePanel(self.project)
@@ -76,6 +77,7 @@ class MainWindow(QMainWindow):
         self.lr_panel = LearningRatePanel(self.project)
         self.training_panel = TrainingPanel(self.project)
         self.curves_panel = CurvesPanel()
+        self.evaluate_panel = EvaluatePanel()
         self.export_panel = ExportPanel()
 
         train_page = QSplitter(Qt.Orientation.Horizontal)
@@ -87,7 +89,7 @@ class MainWindow(QMainWindow):
 
         self.pages = QStackedWidget()
         for widget in (self.dataset_panel, self.backbone_panel, self.layers_panel,
-                       self.lr_panel, train_page, self.export_panel):
+                       self.lr_panel, train_page, self.evaluate_panel, self.export_panel):
             self.pages.addWidget(widget)
         self.steps = QListWidget()
         self.steps.setObjectName("steps")
@@ -96,7 +98,9 @@ class MainWindow(QMainWindow):
         icons = (QStyle.StandardPixmap.SP_DirIcon, QStyle.StandardPixmap.SP_ComputerIcon,
                  QStyle.StandardPixmap.SP_FileDialogDetailedView,
                  QStyle.StandardPixmap.SP_FileDialogContentsView,
-                 QStyle.StandardPixmap.SP_MediaPlay, QStyle.StandardPixmap.SP_DialogSaveButton)
+                 QStyle.StandardPixmap.SP_MediaPlay,
+                 QStyle.StandardPixmap.SP_FileDialogInfoView,
+                 QStyle.StandardPixmap.SP_DialogSaveButton)
         for number, (title, icon) in enumerate(zip(self.PAGES, icons, strict=True), start=1):
             item = QListWidgetItem(self.style().standardIcon(icon), f"{number}. {title}")
             item.setSizeHint(QSize(170, 36))
@@ -294,6 +298,7 @@ class MainWindow(QMainWindow):
         self.training_panel.on_fit_ended(result)
         self.curves_panel.on_fit_ended(result)
         if run_has_checkpoint(result.run_dir):
+            self.evaluate_panel.set_run_dir(result.run_dir)
             self.export_panel.set_run_dir(result.run_dir)
 
     # -- files ----------------------------------------------------------------------------
@@ -394,6 +399,26 @@ class MainWindow(QMainWindow):
         if isinstance(action, QAction):
             self.open_project(str(action.data()))
 
+    # -- drag and drop (Qt overrides) -----------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        """Panels that take drops (dataset, evaluate) get them first; an image file dropped
+        anywhere else lands here."""
+        path = dropped_path(event.mimeData())
+        if path is not None and Path(path).is_file():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        path = dropped_path(event.mimeData())
+        if path is None or not Path(path).is_file():
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.steps.setCurrentRow(self.PAGES.index("Evaluate"))
+        self.evaluate_panel.accept_drop(path)
+
     # -- window state ---------------------------------------------------------------------
 
     def _restore_settings(self) -> None:
@@ -415,6 +440,10 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
             self.stop_and_wait()
+        # background sweeps and evaluations end at their next batch rather than run on unseen
+        self.evaluate_panel.stop_evaluation()
+        if self.lr_panel.finder_dialog is not None:
+            self.lr_panel.finder_dialog.close()
         self.settings.setValue("window/geometry", self.saveGeometry())
         super().closeEvent(event)
 

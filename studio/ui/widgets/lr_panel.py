@@ -4,14 +4,16 @@ the discriminative preset, and progressive unfreezing.
 Everything here edits ``config.optim`` (and, for progressive unfreezing, ``config.freeze`` and
 ``config.stages``) through the project; the engine's ``default_groups``, ``discriminative`` and
 ``gradual_unfreezing`` do the arithmetic. A refused value never raises a dialog: the reason
-appears in red next to what was refused, and the config is left as it was.
+appears in red next to what was refused, and the config is left as it was. "Find learning
+rate…" opens the learning-rate finder (``lr_finder_dialog``), whose suggestion comes back
+through the project like any other edit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QItemSelectionModel, Qt, QTimer
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Slot
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -57,6 +59,7 @@ from studio.ui.models.groups import (
 )
 from studio.ui.project import ProjectModel
 from studio.ui.text import sentence
+from studio.ui.widgets.lr_finder_dialog import LRFinderDialog
 
 ERROR_STYLE = "color: #c62828;"
 STAGE_HEADERS = ("From epoch", "Unfreezes", "Trainable", "LR scale")
@@ -75,6 +78,7 @@ class LearningRatePanel(QWidget):
         self._grouping_cache: tuple[ModelDescription, float, tuple[ParamGroupSpec, ...]] | None \
             = None
         self.model = GroupTableModel(project, self)
+        self.finder_dialog: LRFinderDialog | None = None  # made when first opened
         self._make_widgets()
         self._build_layout()
         self._connect()
@@ -95,6 +99,8 @@ class LearningRatePanel(QWidget):
             edit.setMaximumWidth(140)
             edit.setPlaceholderText("e.g. 1e-4")
         self.lr_error = self._error_label("Why the base learning rate was not changed")
+        self.find_button = QPushButton("Find learning rate…")
+        self.find_button.setObjectName("findLearningRateButton")
         self.decay_error = self._error_label("Why the weight decay was not changed")
 
         self.one_group_button = QPushButton("One group")
@@ -191,7 +197,7 @@ class LearningRatePanel(QWidget):
 
     def _build_layout(self) -> None:
         rates = QGridLayout()
-        rates.setColumnStretch(2, 1)
+        rates.setColumnStretch(3, 1)
         rates.setHorizontalSpacing(10)
         lr_label = QLabel("Base learning rate")
         lr_label.setBuddy(self.lr_edit)
@@ -199,10 +205,11 @@ class LearningRatePanel(QWidget):
         decay_label.setBuddy(self.decay_edit)
         rates.addWidget(lr_label, 0, 0)
         rates.addWidget(self.lr_edit, 0, 1)
-        rates.addWidget(self.lr_error, 0, 2)
+        rates.addWidget(self.find_button, 0, 2)
+        rates.addWidget(self.lr_error, 0, 3)
         rates.addWidget(decay_label, 1, 0)
         rates.addWidget(self.decay_edit, 1, 1)
-        rates.addWidget(self.decay_error, 1, 2)
+        rates.addWidget(self.decay_error, 1, 3)
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.one_group_button)
@@ -250,6 +257,7 @@ class LearningRatePanel(QWidget):
 
     def _connect(self) -> None:
         self.lr_edit.editingFinished.connect(self._on_lr_edit_editing_finished)
+        self.find_button.clicked.connect(self._on_find_button_clicked)
         self.decay_edit.editingFinished.connect(self._on_decay_edit_editing_finished)
         self.one_group_button.clicked.connect(self._on_one_group_button_clicked)
         self.stage_button.clicked.connect(self._on_stage_button_clicked)
@@ -263,6 +271,8 @@ class LearningRatePanel(QWidget):
         self.first_spin.valueChanged.connect(self._on_first_spin_value_changed)
         self._project.config_changed.connect(self._on_project_config_changed)
         self._project.description_changed.connect(self._on_project_description_changed)
+        self._project.scan_changed.connect(self._on_project_scan_changed)
+        self._on_project_scan_changed(self._project.scan)
 
     # -- project signals ----------------------------------------------------------------
 
@@ -291,6 +301,29 @@ class LearningRatePanel(QWidget):
             button.setEnabled(known)
         self.factor_spin.setEnabled(known)
         self._sync_progressive(self._project.config)
+
+    @Slot(object)
+    def _on_project_scan_changed(self, scan: object) -> None:
+        self.find_button.setEnabled(scan is not None)
+        self.find_button.setToolTip(
+            "Sweep the learning rate over a few hundred training batches and suggest a base "
+            "rate" if scan is not None else
+            "Choose a dataset folder first (step 1): the finder trains on its images")
+
+    # -- learning-rate finder -----------------------------------------------------------
+
+    def open_finder(self) -> LRFinderDialog:
+        """Show the finder (one per panel, kept with its last curve)."""
+        if self.finder_dialog is None:
+            self.finder_dialog = LRFinderDialog(self._project, self)
+        self.finder_dialog.show()
+        self.finder_dialog.raise_()
+        self.finder_dialog.activateWindow()
+        return self.finder_dialog
+
+    @Slot()
+    def _on_find_button_clicked(self) -> None:
+        self.open_finder()
 
     # -- rates --------------------------------------------------------------------------
 

@@ -1,0 +1,1008 @@
+"""EvaluatePanel: where a finished run is wrong, not just how often (studio.engine.evaluate).
+
+Evaluate runs a checkpoint over the run's validation images (or another folder of the same
+classes) in the thread pool, once; every view here reads the resulting ``Evaluation``: the
+summary, a confusion-matrix heatmap (click a cell to see its images), per-class metrics sortable
+by any column, the top losses, and single-image predictions ("Predict an image…" or a drop).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import (
+    QMimeData,
+    QModelIndex,
+    QPersistentModelIndex,
+    QRect,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+    QUrl,
+    Signal,
+    Slot,
+)
+from PySide6.QtGui import (
+    QColor,
+    QDesktopServices,
+    QDragEnterEvent,
+    QDropEvent,
+    QFont,
+    QImage,
+    QPainter,
+    QPaintEvent,
+    QPalette,
+    QPen,
+    QPixmap,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QAbstractScrollArea,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSplitter,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionHeader,
+    QStyleOptionViewItem,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.engine.evaluate import (
+    Evaluation,
+    EvaluationCancelled,
+    ImagePrediction,
+    ImageResult,
+    Predictor,
+    evaluate_run,
+)
+from studio.ui.models.confusion import (
+    METRIC_COLUMNS,
+    SORT_ROLE,
+    ClassMetricsModel,
+    ConfusionModel,
+    metric_cells,
+)
+from studio.ui.models.gallery import PATH_ROLE, THUMBNAIL_SIZE, GalleryModel
+from studio.ui.tasks import BackgroundTask
+from studio.ui.text import sentence
+from studio.ui.widgets.dataset_panel import Thumbnail, make_thumbnail
+from studio.ui.widgets.export_panel import run_has_checkpoint
+
+ERROR_STYLE = "color: #b00020;"
+PREVIEW_SIZE = 224
+TOP_K = 5
+MAX_METRIC_ROWS = 6  # the per-class table scrolls past this many classes: the matrix
+#                      gets the room
+KEPT_PREDICTORS = 2  # models kept loaded for predictions (a run's best and last, say)
+IMAGE_FILTER = ("Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp *.ppm *.pgm);;"
+                "All files (*)")
+SELECTED_PEN = QColor(230, 81, 0)  # an orange frame: visible on every shade of blue
+EMPTY_SUMMARY = ("Evaluate a run to see its accuracy, where it confuses classes and the "
+                 "images it gets most wrong.")
+
+PredictorKey = tuple[str, str, int]  # (run folder, checkpoint, checkpoint file mtime)
+
+
+def dropped_path(mime: QMimeData | None) -> str | None:
+    """The one local file or folder being dragged, or None for anything else."""
+    if mime is None or not mime.hasUrls():
+        return None
+    urls = [url for url in mime.urls() if url.isLocalFile()]
+    return urls[0].toLocalFile() if len(urls) == 1 else None
+
+
+def _predictor_key(run_dir: str, checkpoint: str) -> PredictorKey:
+    """A checkpoint rewritten since (a resumed run) gets a fresh model."""
+    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    return str(Path(run_dir).resolve()), checkpoint, stamp
+
+
+def _pixmap(thumb: Thumbnail) -> QPixmap:
+    image = QImage(thumb.rgb, thumb.width, thumb.height, 3 * thumb.width,
+                   QImage.Format.Format_RGB888).copy()  # own the pixels
+    return QPixmap.fromImage(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small widgets
+
+
+class HeatmapDelegate(QStyledItemDelegate):
+    """Paints a confusion cell: its colour edge to edge, its number centred (bold on the
+    diagonal), and an orange frame when selected, so the selection never hides the colour."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem,
+              index: QModelIndex | QPersistentModelIndex) -> None:
+        rect: QRect = option.rect  # type: ignore[attr-defined]
+        state = option.state  # type: ignore[attr-defined]
+        painter.save()
+        background = index.data(Qt.ItemDataRole.BackgroundRole)
+        if isinstance(background, QColor):
+            painter.fillRect(rect, background)
+        font = QFont(option.font)  # type: ignore[attr-defined]
+        font.setBold(index.row() == index.column())
+        painter.setFont(font)
+        foreground = index.data(Qt.ItemDataRole.ForegroundRole)
+        painter.setPen(foreground if isinstance(foreground, QColor) else QColor(33, 33, 33))
+        painter.drawText(rect, int(Qt.AlignmentFlag.AlignCenter),
+                         str(index.data(Qt.ItemDataRole.DisplayRole) or ""))
+        if state & QStyle.StateFlag.State_Selected:
+            pen = QPen(SELECTED_PEN, 3)
+            pen.setJoinStyle(Qt.PenJoinStyle.MiterJoin)
+            painter.setPen(pen)
+            painter.drawRect(rect.adjusted(1, 1, -2, -2))
+        elif state & QStyle.StateFlag.State_HasFocus:
+            painter.setPen(QPen(SELECTED_PEN, 1, Qt.PenStyle.DotLine))
+            painter.drawRect(rect.adjusted(1, 1, -2, -2))
+        painter.restore()
+
+
+class RotatedHeader(QHeaderView):
+    """Column titles written bottom to top when they are wider than their column, so long
+    class names keep the cells narrow; short ones ("cat", "7") stay upright."""
+
+    MAX_HEIGHT = 120  # longer names are elided (the tooltip has them whole)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(Qt.Orientation.Horizontal, parent)
+        self.setSectionsClickable(True)
+        self.setHighlightSections(True)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        hint = super().sizeHint()
+        model = self.model()
+        metrics = self.fontMetrics()
+        widest = max((metrics.horizontalAdvance(str(model.headerData(
+            c, Qt.Orientation.Horizontal) or "")) for c in range(model.columnCount())),
+            default=0) if model is not None else 0
+        if not self._rotated(widest, self.defaultSectionSize()):
+            return hint
+        return QSize(hint.width(), min(self.MAX_HEIGHT, max(hint.height(), widest + 14)))
+
+    @staticmethod
+    def _rotated(text_width: int, section_width: int) -> bool:
+        return text_width + 8 > section_width
+
+    def paintSection(self, painter: QPainter, rect: QRect,  # noqa: N802 - Qt override
+                     logical_index: int) -> None:
+        if not rect.isValid():
+            return
+        model = self.model()
+        text = str(model.headerData(logical_index, Qt.Orientation.Horizontal) or "") \
+            if model is not None else ""
+        painter.save()
+        # the section's frame and background as the style draws them, without its text
+        option = QStyleOptionHeader()
+        self.initStyleOption(option)
+        option.rect = rect
+        option.section = logical_index
+        option.text = ""
+        current = self.selectionModel()
+        bold = current is not None and current.currentIndex().column() == logical_index
+        self.style().drawControl(QStyle.ControlElement.CE_Header, option, painter, self)
+        painter.restore()
+        painter.save()
+        font = QFont(self.font())
+        font.setBold(bold)
+        painter.setFont(font)
+        painter.setPen(self.palette().color(QPalette.ColorRole.ButtonText))
+        if not self._rotated(painter.fontMetrics().horizontalAdvance(text), rect.width()):
+            painter.drawText(rect.adjusted(0, 0, 0, -4), int(
+                Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom), text)
+            painter.restore()
+            return
+        painter.translate(rect.left(), rect.bottom())
+        painter.rotate(-90)
+        area = QRect(6, 0, rect.height() - 10, rect.width())
+        elided = painter.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight,
+                                                  area.width())
+        painter.drawText(area, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                         elided)
+        painter.restore()
+
+
+class VerticalLabel(QLabel):
+    """A label written bottom to top: the "true class" title beside the matrix rows."""
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+        painter = QPainter(self)
+        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        painter.translate(0, self.height())
+        painter.rotate(-90)
+        painter.drawText(QRect(0, 0, self.height(), self.width()),
+                         int(Qt.AlignmentFlag.AlignCenter), self.text())
+        painter.end()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        hint = super().sizeHint()
+        return QSize(hint.height(), hint.width())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        hint = super().minimumSizeHint()
+        return QSize(hint.height(), hint.width())
+
+
+class PredictionView(QWidget):
+    """One image and its top classes, each with a probability bar."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.image_label = QLabel()
+        self.image_label.setFixedSize(PREVIEW_SIZE + 4, PREVIEW_SIZE + 4)
+        self.image_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.image_label.setFrameShape(QFrame.Shape.StyledPanel)
+        self.image_label.setToolTip("The image as it was read (before resizing for the model)")
+        self.name_label = QLabel()
+        self.name_label.setWordWrap(True)
+        self.name_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hint_label = QLabel("Drop an image file on this page, or click “Predict an "
+                                 "image…”, to see what the run's model makes of it.")
+        self.hint_label.setWordWrap(True)
+        self.hint_label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.class_labels: list[QLabel] = []
+        self.bars: list[QProgressBar] = []
+        grid = QGridLayout()
+        grid.setColumnStretch(1, 1)
+        for row in range(TOP_K):
+            label = QLabel()
+            bar = QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setTextVisible(True)
+            bar.setToolTip("The model's probability for this class")
+            grid.addWidget(label, row, 0)
+            grid.addWidget(bar, row, 1)
+            self.class_labels.append(label)
+            self.bars.append(bar)
+        right = QVBoxLayout()
+        right.addWidget(self.name_label)
+        right.addLayout(grid)
+        right.addStretch(1)
+        body = QHBoxLayout()
+        body.addWidget(self.image_label, 0, Qt.AlignmentFlag.AlignTop)
+        body.addLayout(right, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.hint_label)
+        layout.addLayout(body, 1)
+        self.clear()
+
+    def clear(self, message: str = "") -> None:
+        self.image_label.clear()
+        self.image_label.setVisible(False)
+        self.name_label.setText(message)
+        self.name_label.setStyleSheet(ERROR_STYLE if message else "")
+        self.name_label.setVisible(bool(message))
+        self.hint_label.setVisible(True)
+        for label, bar in zip(self.class_labels, self.bars, strict=True):
+            label.setVisible(False)
+            bar.setVisible(False)
+
+    def show_prediction(self, prediction: ImagePrediction, thumb: Thumbnail | None) -> None:
+        self.hint_label.setVisible(False)
+        self.image_label.setVisible(True)
+        if thumb is not None:
+            self.image_label.setPixmap(_pixmap(thumb))
+        else:
+            self.image_label.setText("(no preview)")
+        self.name_label.setStyleSheet("")
+        self.name_label.setText(f"<b>{Path(prediction.path).name}</b><br>{prediction.path}")
+        self.name_label.setVisible(True)
+        for row, (label, bar) in enumerate(zip(self.class_labels, self.bars, strict=True)):
+            shown = row < len(prediction.top)
+            label.setVisible(shown)
+            bar.setVisible(shown)
+            if not shown:
+                continue
+            name, probability = prediction.top[row]
+            label.setText(name)
+            font = label.font()
+            font.setBold(row == 0)
+            label.setFont(font)
+            bar.setValue(round(1000 * probability))
+            bar.setFormat(f"{100 * probability:.1f} %")
+
+    def shown_classes(self) -> list[str]:
+        """The class names listed, most likely first (what a person reads)."""
+        return [label.text() for label in self.class_labels if not label.isHidden()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The panel
+
+
+class EvaluatePanel(QWidget):
+    """Evaluate a run, explore its mistakes, and predict single images."""
+
+    evaluation_finished = Signal(object)  # Evaluation
+    prediction_finished = Signal(object)  # ImagePrediction
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._evaluation: Evaluation | None = None
+        self._stop: threading.Event | None = None
+        self._predictors: OrderedDict[PredictorKey, Predictor] = OrderedDict()
+        self._shown: tuple[Any, ...] = ()
+        self.evaluate_task = BackgroundTask(self)
+        self.predict_task = BackgroundTask(self)
+        self.setAcceptDrops(True)
+        self._make_run_widgets()
+        self._make_result_widgets()
+        self._build_layout()
+        self._connect()
+        self._update_enabled()
+
+    # -- construction ---------------------------------------------------------------------
+
+    def _make_run_widgets(self) -> None:
+        style = self.style()
+        self.run_edit = QLineEdit()
+        self.run_edit.setPlaceholderText("a run folder (it holds config.toml and checkpoints/)")
+        self.run_edit.setToolTip("The training run to evaluate; a finished run is filled in here")
+        self.run_edit.setAcceptDrops(False)  # a dropped folder goes to the panel instead
+        self.run_browse = QPushButton("Browse…")
+        self.run_browse.setToolTip("Pick a run folder written by Train or `studio train`")
+        self.checkpoint_combo = QComboBox()
+        self.checkpoint_combo.addItem("best (highest validation metric)", "best")
+        self.checkpoint_combo.addItem("last (the final epoch)", "last")
+        self.checkpoint_combo.setToolTip("Which checkpoint of the run to evaluate")
+        self.other_check = QCheckBox("Another folder:")
+        self.other_check.setToolTip("Evaluate a held-out folder with the run's class names "
+                                    "(its test/ split if it has one, else all its images) "
+                                    "instead of the run's validation images")
+        self.other_edit = QLineEdit()
+        self.other_edit.setPlaceholderText("a folder with one subfolder per class")
+        self.other_edit.setToolTip("A folder of images sorted into the run's class names")
+        self.other_edit.setAcceptDrops(False)
+        self.other_browse = QPushButton("Browse…")
+        self.other_browse.setToolTip("Pick a held-out folder to evaluate")
+
+        self.evaluate_button = QPushButton(
+            style.standardIcon(QStyle.StandardPixmap.SP_MediaPlay), "Evaluate")
+        self.evaluate_button.setObjectName("evaluateButton")
+        self.evaluate_button.setToolTip("Run the checkpoint over the images and compute the "
+                                        "metrics (in the background)")
+        self.stop_button = QPushButton(
+            style.standardIcon(QStyle.StandardPixmap.SP_MediaStop), "Stop")
+        self.stop_button.setToolTip("Stop the evaluation after the current batch")
+        self.predict_button = QPushButton(
+            style.standardIcon(QStyle.StandardPixmap.SP_FileIcon), "Predict an image…")
+        self.predict_button.setToolTip("Choose an image file and see the run's top-5 classes "
+                                       "for it; you can also drop a file on this page")
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.progress.setFormat("%v of %m images")
+        self.status_label = QLabel("Train a run (or pick a run folder) to evaluate it.")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_label.setToolTip("What the panel is doing, or why it could not")
+
+    def _make_result_widgets(self) -> None:
+        self.summary_label = QLabel(EMPTY_SUMMARY)
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setTextFormat(Qt.TextFormat.RichText)
+        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary_label.setToolTip("The evaluation at a glance")
+        self.notes_label = QLabel()
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.notes_label.setToolTip("What the evaluation had to decide for you")
+        self.notes_label.setVisible(False)
+
+        self.confusion_model = ConfusionModel(self)
+        self.matrix_view = QTableView()
+        self.matrix_view.setObjectName("confusionMatrix")
+        self.matrix_view.setHorizontalHeader(RotatedHeader(self.matrix_view))
+        self.matrix_view.setModel(self.confusion_model)
+        self.matrix_view.setItemDelegate(HeatmapDelegate(self.matrix_view))
+        self.matrix_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.matrix_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectItems)
+        self.matrix_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.matrix_view.setShowGrid(True)
+        self.matrix_view.setGridStyle(Qt.PenStyle.SolidLine)
+        self.matrix_view.setStyleSheet("QTableView#confusionMatrix { gridline-color: white; }")
+        self.matrix_view.setCornerButtonEnabled(False)
+        self.matrix_view.setWordWrap(False)
+        self.matrix_view.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.matrix_view.setToolTip("Rows: the true class; columns: the predicted class. "
+                                    "Click a cell to see its images.")
+        self.matrix_view.setAccessibleName("Confusion matrix")
+        self.matrix_view.setSizeAdjustPolicy(
+            QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        self.matrix_view.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Maximum)
+        self.normalised_check = QCheckBox("Normalised")
+        self.normalised_check.setToolTip("Show each row as percentages of the true class's "
+                                         "images (recall on the diagonal)")
+        self.predicted_title = QLabel("predicted class →")
+        self.predicted_title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.predicted_title.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.true_title = VerticalLabel("true class →")
+        self.true_title.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+
+        self.metrics_model = ClassMetricsModel(self)
+        self.metrics_proxy = QSortFilterProxyModel(self)
+        self.metrics_proxy.setSourceModel(self.metrics_model)
+        self.metrics_proxy.setSortRole(SORT_ROLE)
+        self.metrics_view = QTableView()
+        self.metrics_view.setModel(self.metrics_proxy)
+        self.metrics_view.setSortingEnabled(True)
+        self.metrics_view.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        self.metrics_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.metrics_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.metrics_view.setAlternatingRowColors(True)
+        self.metrics_view.verticalHeader().hide()
+        self.metrics_view.setWordWrap(False)
+        self.metrics_view.setToolTip("Per-class precision, recall and F1; click a header to "
+                                     "sort by it")
+        row_height = self.metrics_view.fontMetrics().height() + 8
+        self.metrics_view.verticalHeader().setDefaultSectionSize(row_height)
+        header = self.metrics_view.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        number_width = max(78, self.metrics_view.fontMetrics().horizontalAdvance("Precision ▼")
+                           + 16)
+        for column in range(1, len(METRIC_COLUMNS)):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Fixed)
+            header.resizeSection(column, number_width)
+        self.averages_table = QTableWidget(2, len(METRIC_COLUMNS))
+        self.averages_table.setToolTip("Macro: every class counts alike; weighted: by its "
+                                       "number of images")
+        self.averages_table.horizontalHeader().hide()
+        self.averages_table.verticalHeader().hide()
+        self.averages_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.averages_table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.averages_table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.averages_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.averages_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.averages_table.verticalHeader().setDefaultSectionSize(row_height)
+        self.averages_table.setFixedHeight(2 * row_height + 2 * self.averages_table.frameWidth())
+        for column in range(len(METRIC_COLUMNS)):
+            self.averages_table.setColumnWidth(column, header.sectionSize(column))
+
+        self.gallery_model = GalleryModel(parent=self)
+        self.gallery_view = QListView()
+        self.gallery_view.setModel(self.gallery_model)
+        self.gallery_view.setViewMode(QListView.ViewMode.IconMode)
+        self.gallery_view.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        caption_height = 2 * self.gallery_view.fontMetrics().height()
+        self.gallery_view.setGridSize(QSize(THUMBNAIL_SIZE + 44,
+                                            THUMBNAIL_SIZE + caption_height + 14))
+        self.gallery_view.setResizeMode(QListView.ResizeMode.Adjust)
+        self.gallery_view.setMovement(QListView.Movement.Static)
+        self.gallery_view.setUniformItemSizes(True)
+        self.gallery_view.setWordWrap(True)
+        self.gallery_view.setLayoutMode(QListView.LayoutMode.Batched)
+        self.gallery_view.setBatchSize(200)
+        self.gallery_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.gallery_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.gallery_view.setToolTip("Double-click an image to open it")
+        self.gallery_title = QLabel("Click a cell of the confusion matrix to see its images.")
+        self.gallery_title.setWordWrap(True)
+        self.top_losses_button = QPushButton("Top losses")
+        self.top_losses_button.setToolTip("The images whose true class got the lowest "
+                                          "probability: mistakes, and doubtful answers")
+        self.mistakes_button = QPushButton("All mistakes")
+        self.mistakes_button.setToolTip("Every misclassified image, highest loss first")
+        self.prediction_view = PredictionView()
+
+    def _build_layout(self) -> None:
+        run_row = QHBoxLayout()
+        run_row.addWidget(QLabel("Run folder:"))
+        run_row.addWidget(self.run_edit, 1)
+        run_row.addWidget(self.run_browse)
+        choice_row = QHBoxLayout()
+        choice_row.addWidget(QLabel("Checkpoint:"))
+        choice_row.addWidget(self.checkpoint_combo)
+        choice_row.addSpacing(16)
+        choice_row.addWidget(self.other_check)
+        choice_row.addWidget(self.other_edit, 1)
+        choice_row.addWidget(self.other_browse)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.evaluate_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addSpacing(16)
+        buttons.addWidget(self.predict_button)
+        buttons.addSpacing(16)
+        buttons.addWidget(self.progress, 3)
+        buttons.addStretch(1)  # the buttons keep their size while no progress is shown
+
+        matrix_title = _bold_label("Confusion matrix")
+        matrix_head = QHBoxLayout()
+        matrix_head.addWidget(matrix_title)
+        matrix_head.addStretch(1)
+        matrix_head.addWidget(self.normalised_check)
+        matrix_grid = QGridLayout()
+        matrix_grid.setSpacing(2)
+        matrix_grid.addWidget(self.predicted_title, 0, 1)
+        matrix_grid.addWidget(self.true_title, 1, 0)
+        matrix_grid.addWidget(self.matrix_view, 1, 1)
+        matrix_grid.setColumnStretch(2, 1)  # a few classes make a compact matrix, top left
+        matrix_box = QWidget()
+        # as tall as the matrix and no taller: the metrics sit right below it; a big matrix
+        # shrinks (and scrolls) to leave them room
+        matrix_box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        matrix_layout = QVBoxLayout(matrix_box)
+        matrix_layout.setContentsMargins(0, 0, 0, 0)
+        matrix_layout.addLayout(matrix_head)
+        matrix_layout.addLayout(matrix_grid, 1)
+
+        metrics_box = QWidget()
+        metrics_layout = QVBoxLayout(metrics_box)
+        metrics_layout.setContentsMargins(0, 0, 0, 0)
+        metrics_layout.setSpacing(0)
+        metrics_title = _bold_label("Per-class metrics")
+        metrics_layout.addWidget(metrics_title)
+        metrics_layout.addSpacing(4)
+        metrics_layout.addWidget(self.metrics_view, 1)
+        metrics_layout.addWidget(self.averages_table)
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(matrix_box, 1)
+        left_layout.addSpacing(8)
+        left_layout.addWidget(metrics_box)
+        left_layout.addStretch(0)
+
+        images_page = QWidget()
+        images_layout = QVBoxLayout(images_page)
+        gallery_head = QHBoxLayout()
+        gallery_head.addWidget(self.gallery_title, 1)
+        gallery_head.addWidget(self.top_losses_button)
+        gallery_head.addWidget(self.mistakes_button)
+        images_layout.addLayout(gallery_head)
+        images_layout.addWidget(self.gallery_view, 1)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(images_page, "Images")
+        self.tabs.addTab(self.prediction_view, "Prediction")
+        self.images_page = images_page
+
+        results = QSplitter(Qt.Orientation.Horizontal)
+        results.addWidget(left)
+        results.addWidget(self.tabs)
+        results.setStretchFactor(0, 1)
+        results.setStretchFactor(1, 1)
+        results.setSizes([520, 560])
+        results.setChildrenCollapsible(False)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(run_row)
+        layout.addLayout(choice_row)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status_label)
+        layout.addWidget(_line())
+        layout.addWidget(self.summary_label)
+        layout.addWidget(self.notes_label)
+        layout.addWidget(results, 1)
+
+    def _connect(self) -> None:
+        self.evaluate_task.succeeded.connect(self._on_evaluate_task_succeeded)
+        self.evaluate_task.failed.connect(self._on_evaluate_task_failed)
+        self.evaluate_task.progressed.connect(self._on_evaluate_task_progressed)
+        self.predict_task.succeeded.connect(self._on_predict_task_succeeded)
+        self.predict_task.failed.connect(self._on_predict_task_failed)
+        self.run_edit.textChanged.connect(self._on_run_edit_text_changed)
+        self.run_browse.clicked.connect(self._on_run_browse_clicked)
+        self.other_check.toggled.connect(self._on_other_check_toggled)
+        self.other_browse.clicked.connect(self._on_other_browse_clicked)
+        self.evaluate_button.clicked.connect(self._on_evaluate_button_clicked)
+        self.stop_button.clicked.connect(self._on_stop_button_clicked)
+        self.predict_button.clicked.connect(self._on_predict_button_clicked)
+        self.normalised_check.toggled.connect(self._on_normalised_check_toggled)
+        self.matrix_view.clicked.connect(self._on_matrix_view_clicked)
+        self.matrix_view.selectionModel().currentChanged.connect(
+            self._on_matrix_selection_current_changed)
+        self.metrics_view.horizontalHeader().sectionResized.connect(
+            self._on_metrics_header_section_resized)
+        self.top_losses_button.clicked.connect(self._on_top_losses_button_clicked)
+        self.mistakes_button.clicked.connect(self._on_mistakes_button_clicked)
+        self.gallery_view.doubleClicked.connect(self._on_gallery_view_double_clicked)
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def evaluation(self) -> Evaluation | None:
+        return self._evaluation
+
+    def set_run_dir(self, run_dir: str) -> None:
+        """A run finished: fill it in; the user decides when to evaluate."""
+        self.run_edit.setText(run_dir)
+        if run_has_checkpoint(run_dir):
+            self._say(f"Run {Path(run_dir).name} is ready: press Evaluate to see where it goes "
+                      f"wrong.")
+
+    def start_evaluation(self) -> None:
+        run_dir = self.run_edit.text().strip()
+        if not run_has_checkpoint(run_dir):
+            self._say(f"{run_dir or 'No run folder'} has no checkpoint yet; finish at least one "
+                      f"epoch of training first.", error=True)
+            return
+        data: str | None = None
+        if self.other_check.isChecked():
+            data = self.other_edit.text().strip()
+            if not data:
+                self._say("Choose the folder of images to evaluate, or untick “Another "
+                          "folder”.", error=True)
+                return
+        checkpoint = str(self.checkpoint_combo.currentData())
+        stop = threading.Event()
+        self._stop = stop
+
+        def job(progress: Any) -> Evaluation | None:
+            try:
+                return evaluate_run(run_dir, data=data, checkpoint=checkpoint,
+                                    progress=progress, stop=stop)
+            except EvaluationCancelled:
+                return None
+
+        self.progress.setRange(0, 0)  # busy until the images are counted
+        self.progress.setVisible(True)
+        where = "the images of " + data if data else "its validation images"
+        self._say(f"Evaluating the {checkpoint} checkpoint of {Path(run_dir).name} on {where}…")
+        self.evaluate_task.start(job, with_progress=True)
+        self._update_enabled()
+
+    def stop_evaluation(self) -> None:
+        if self._stop is not None and self.evaluate_task.running:
+            self._stop.set()
+            self._say("Stopping after this batch…")
+
+    def show_evaluation(self, evaluation: Evaluation) -> None:
+        """Fill every view from ``evaluation``; the gallery starts with the top losses."""
+        self._evaluation = evaluation
+        self._shown = ()
+        self.confusion_model.set_evaluation(evaluation)
+        self.metrics_model.set_evaluation(evaluation)
+        self._fill_averages(evaluation)
+        self._size_matrix(evaluation.labels)
+        self._fit_metrics(len(evaluation.labels))
+        self.summary_label.setText(_summary_html(evaluation))
+        notes = [sentence(note) for note in evaluation.notes]
+        self.notes_label.setText("Note: " + " ".join(notes) if notes else "")
+        self.notes_label.setVisible(bool(notes))
+        self.show_top_losses()
+        self._update_enabled()
+
+    def show_cell(self, true: int, predicted: int) -> None:
+        """The images of one confusion-matrix cell, in the gallery."""
+        evaluation = self._evaluation
+        if evaluation is None or ("cell", true, predicted) == self._shown:
+            return
+        labels = evaluation.labels
+        results = evaluation.cell(true, predicted)
+        self._show_results(results, ("cell", true, predicted))
+        count = len(results)
+        images = "image" if count == 1 else "images"
+        if true == predicted:
+            title = (f"{labels[true]} predicted correctly: {count} {images}, the most "
+                     f"confident first.")
+        elif count:
+            title = (f"True {labels[true]} predicted as {labels[predicted]}: {count} {images}, "
+                     f"the most confident first.")
+        else:
+            title = f"No image of {labels[true]} was predicted as {labels[predicted]}."
+        self.gallery_title.setText(title)
+
+    def show_top_losses(self) -> None:
+        evaluation = self._evaluation
+        if evaluation is None:
+            return
+        results = evaluation.top_losses()
+        self._clear_matrix_selection()
+        self._show_results(results, ("top_losses",))
+        wrong = sum(not r.correct for r in results)
+        self.gallery_title.setText(f"Top losses: the {len(results)} images whose true class got "
+                                   f"the lowest probability ({wrong} of them misclassified).")
+
+    def show_mistakes(self) -> None:
+        evaluation = self._evaluation
+        if evaluation is None:
+            return
+        results = evaluation.misclassified()
+        self._clear_matrix_selection()
+        self._show_results(results, ("mistakes",))
+        self.gallery_title.setText(f"All {len(results)} misclassified images, highest loss "
+                                   f"first." if results else "No image is misclassified.")
+
+    def predict_file(self, path: str) -> None:
+        """Top-5 classes of one image file, from the run's model (loaded once, kept)."""
+        run_dir = self.run_edit.text().strip()
+        if not run_has_checkpoint(run_dir):
+            self._say("Choose a trained run folder first: the prediction comes from its "
+                      "checkpoint.", error=True)
+            return
+        checkpoint = str(self.checkpoint_combo.currentData())
+        key = _predictor_key(run_dir, checkpoint)
+        cached = self._predictors.get(key)
+
+        def job() -> tuple[PredictorKey, Predictor, ImagePrediction, Thumbnail | None]:
+            predictor = cached or Predictor(run_dir, checkpoint)
+            prediction = predictor.predict(path, k=TOP_K)
+            return key, predictor, prediction, make_thumbnail("", path, PREVIEW_SIZE)
+
+        loading = "" if cached else f" (loading the {checkpoint} checkpoint first)"
+        self._say(f"Predicting {Path(path).name}{loading}…")
+        self.predict_task.start(job)
+
+    def accept_drop(self, path: str) -> bool:
+        """A dropped image is predicted; a dropped run folder is filled in; another folder
+        becomes the held-out folder to evaluate."""
+        target = Path(path)
+        if target.is_file():
+            self.tabs.setCurrentWidget(self.prediction_view)
+            self.predict_file(path)
+            return True
+        if target.is_dir():
+            if run_has_checkpoint(path):
+                self.set_run_dir(path)
+            else:
+                self.other_edit.setText(path)
+                self.other_check.setChecked(True)
+                self._say(f"{target.name} will be evaluated instead of the run's validation "
+                          f"images; press Evaluate.")
+            return True
+        return False
+
+    # -- slots: evaluation ----------------------------------------------------------------
+
+    @Slot(object)
+    def _on_evaluate_task_succeeded(self, evaluation: Evaluation | None) -> None:
+        self.progress.setVisible(False)
+        self._update_enabled()
+        if evaluation is None:
+            self._say("Evaluation stopped; the results shown are unchanged.")
+            return
+        self.show_evaluation(evaluation)
+        epoch = f", epoch {evaluation.epoch}" if evaluation.epoch else ""
+        self._say(f"Evaluated {evaluation.images} images with the {evaluation.checkpoint} "
+                  f"checkpoint{epoch}. Click a cell of the matrix to see its images.")
+        self.evaluation_finished.emit(evaluation)
+
+    @Slot(str)
+    def _on_evaluate_task_failed(self, message: str) -> None:
+        self.progress.setVisible(False)
+        self._update_enabled()
+        self._say(message, error=True)
+
+    @Slot(int, int)
+    def _on_evaluate_task_progressed(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+
+    @Slot(str)
+    def _on_run_edit_text_changed(self, text: str) -> None:
+        self._update_enabled()
+
+    @Slot()
+    def _on_run_browse_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a run folder", self.run_edit.text())
+        if path:
+            self.run_edit.setText(path)
+
+    @Slot(bool)
+    def _on_other_check_toggled(self, checked: bool) -> None:
+        self._update_enabled()
+
+    @Slot()
+    def _on_other_browse_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a folder to evaluate",
+                                                self.other_edit.text())
+        if path:
+            self.other_edit.setText(path)
+            self.other_check.setChecked(True)
+
+    @Slot()
+    def _on_evaluate_button_clicked(self) -> None:
+        self.start_evaluation()
+
+    @Slot()
+    def _on_stop_button_clicked(self) -> None:
+        self.stop_evaluation()
+
+    # -- slots: results -------------------------------------------------------------------
+
+    @Slot(bool)
+    def _on_normalised_check_toggled(self, checked: bool) -> None:
+        self.confusion_model.set_normalised(checked)
+
+    @Slot(QModelIndex)
+    def _on_matrix_view_clicked(self, index: QModelIndex) -> None:
+        if index.isValid():
+            self.show_cell(index.row(), index.column())
+
+    @Slot(QModelIndex, QModelIndex)
+    def _on_matrix_selection_current_changed(self, current: QModelIndex,
+                                             previous: QModelIndex) -> None:
+        if current.isValid():  # the arrow keys walk the matrix too
+            self.show_cell(current.row(), current.column())
+
+    @Slot(int, int, int)
+    def _on_metrics_header_section_resized(self, column: int, old: int, new: int) -> None:
+        self.averages_table.setColumnWidth(column, new)
+
+    @Slot()
+    def _on_top_losses_button_clicked(self) -> None:
+        self.show_top_losses()
+
+    @Slot()
+    def _on_mistakes_button_clicked(self) -> None:
+        self.show_mistakes()
+
+    @Slot(QModelIndex)
+    def _on_gallery_view_double_clicked(self, index: QModelIndex) -> None:
+        path = index.data(PATH_ROLE)
+        if path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    # -- slots: prediction ----------------------------------------------------------------
+
+    @Slot()
+    def _on_predict_button_clicked(self) -> None:
+        start = self.run_edit.text().strip() or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Predict an image", start, IMAGE_FILTER)
+        if path:
+            self.tabs.setCurrentWidget(self.prediction_view)
+            self.predict_file(path)
+
+    @Slot(object)
+    def _on_predict_task_succeeded(self, outcome: tuple[Any, ...]) -> None:
+        key, predictor, prediction, thumb = outcome
+        self._predictors[key] = predictor
+        self._predictors.move_to_end(key)
+        while len(self._predictors) > KEPT_PREDICTORS:
+            self._predictors.popitem(last=False)
+        self.prediction_view.show_prediction(prediction, thumb)
+        self.tabs.setCurrentWidget(self.prediction_view)
+        name, probability = prediction.top[0]
+        self._say(f"{Path(prediction.path).name}: {name} ({probability:.1%}).")
+        self.prediction_finished.emit(prediction)
+
+    @Slot(str)
+    def _on_predict_task_failed(self, message: str) -> None:
+        self.prediction_view.clear(sentence(message))
+        self.tabs.setCurrentWidget(self.prediction_view)
+        self._say(message, error=True)
+
+    # -- drag and drop (Qt overrides) -----------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if dropped_path(event.mimeData()) is not None:
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        path = dropped_path(event.mimeData())
+        if path is not None and self.accept_drop(path):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _show_results(self, results: list[ImageResult], shown: tuple[Any, ...]) -> None:
+        assert self._evaluation is not None
+        self._shown = shown
+        self.gallery_model.set_results(results, self._evaluation.labels)
+        self.gallery_view.scrollToTop()
+        self.tabs.setCurrentWidget(self.images_page)
+
+    def _clear_matrix_selection(self) -> None:
+        selection = self.matrix_view.selectionModel()
+        selection.blockSignals(True)  # no currentChanged: it would show a cell again
+        selection.clear()
+        selection.blockSignals(False)
+        for widget in (self.matrix_view, self.matrix_view.horizontalHeader(),
+                       self.matrix_view.verticalHeader()):
+            widget.viewport().update()
+
+    def _size_matrix(self, labels: list[str]) -> None:
+        """Cells just wide enough for "100%" (the column titles are upright) and the row
+        titles for the class names, long ones elided."""
+        metrics = self.matrix_view.fontMetrics()
+        width = max(metrics.horizontalAdvance("100%") + 20, metrics.height() + 16, 44)
+        height = max(metrics.height() + 14, 30)
+        self.matrix_view.horizontalHeader().setDefaultSectionSize(width)
+        self.matrix_view.horizontalHeader().setMinimumSectionSize(min(width, 36))
+        self.matrix_view.verticalHeader().setDefaultSectionSize(height)
+        self.matrix_view.verticalHeader().setMaximumWidth(180)
+
+    def _fit_metrics(self, rows: int) -> None:
+        """The metrics table as tall as its rows, up to MAX_METRIC_ROWS (then it scrolls)."""
+        view = self.metrics_view
+        shown = min(max(rows, 3), MAX_METRIC_ROWS)
+        height = (view.horizontalHeader().sizeHint().height()
+                  + shown * view.verticalHeader().defaultSectionSize() + 2 * view.frameWidth())
+        view.setFixedHeight(height + 2)
+
+    def _fill_averages(self, evaluation: Evaluation) -> None:
+        rows = (("macro avg", evaluation.macro), ("weighted avg", evaluation.weighted))
+        for row, (name, metrics) in enumerate(rows):
+            for column, text in enumerate(metric_cells(name, metrics)):
+                item = QTableWidgetItem(text)
+                font = item.font()
+                font.setItalic(column == 0)
+                item.setFont(font)
+                alignment = Qt.AlignmentFlag.AlignLeft if column == 0 else \
+                    Qt.AlignmentFlag.AlignRight
+                item.setTextAlignment(alignment | Qt.AlignmentFlag.AlignVCenter)
+                self.averages_table.setItem(row, column, item)
+
+    def _say(self, message: str, error: bool = False) -> None:
+        self.status_label.setText(sentence(message))
+        self.status_label.setStyleSheet(ERROR_STYLE if error else "")
+
+    def _update_enabled(self) -> None:
+        running = self.evaluate_task.running
+        ready = run_has_checkpoint(self.run_edit.text().strip())
+        self.evaluate_button.setEnabled(ready and not running)
+        self.stop_button.setEnabled(running)
+        self.predict_button.setEnabled(ready)
+        other = self.other_check.isChecked()
+        self.other_edit.setEnabled(other)
+        has_results = self._evaluation is not None
+        self.top_losses_button.setEnabled(has_results)
+        self.mistakes_button.setEnabled(has_results)
+        self.normalised_check.setEnabled(has_results)
+
+
+def _bold_label(text: str) -> QLabel:
+    label = QLabel(text)
+    font = label.font()
+    font.setBold(True)
+    label.setFont(font)
+    label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+    return label
+
+
+def _line() -> QFrame:
+    line = QFrame()
+    line.setFrameShape(QFrame.Shape.HLine)
+    line.setFrameShadow(QFrame.Shadow.Sunken)
+    return line
+
+
+def _summary_html(evaluation: Evaluation) -> str:
+    parts = [f"<b>Accuracy {evaluation.accuracy:.1%}</b>"]
+    if evaluation.top5_accuracy is not None:
+        parts.append(f"top-5 accuracy {evaluation.top5_accuracy:.1%}")
+    parts.append(f"macro F1 {evaluation.macro.f1:.3f}")
+    parts.append(f"{evaluation.images} images")
+    epoch = f", epoch {evaluation.epoch}" if evaluation.epoch else ""
+    source = (f"the {evaluation.split} split of {_escape(evaluation.source)} · "
+              f"{evaluation.checkpoint} checkpoint{epoch} of "
+              f"{_escape(Path(evaluation.run_dir).name)}")
+    confused = evaluation.most_confused(3)
+    lines = [" · ".join(parts), source]
+    if confused:
+        pairs = ", ".join(f"{_escape(t)} → {_escape(p)} ({n})" for t, p, n in confused)
+        lines.append(f"Most confused (true → predicted): {pairs}")
+    else:
+        lines.append("No class is confused with another.")
+    return "<br>".join(lines)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
