@@ -191,6 +191,7 @@ class MainWindow(QMainWindow):
         session.epoch_ended.connect(panel.on_epoch_ended)
         session.epoch_ended.connect(self.curves_panel.on_epoch_ended)
         session.warning_issued.connect(self._on_session_warning_issued)
+        session.cache_reported.connect(panel.on_cache_reported)
         session.finished.connect(self._on_session_finished)
 
     # -- model description ----------------------------------------------------------------

@@ -17,6 +17,7 @@ from studio.engine.config import RunConfig
 from studio.engine.errors import StudioError
 from studio.engine.events import (
     BatchEnded,
+    CacheReport,
     Callback,
     CheckpointSaved,
     EpochEnded,
@@ -39,6 +40,7 @@ class TrainingWorker(QObject):
     epoch_ended = Signal(object)
     checkpoint_saved = Signal(object)
     warning_issued = Signal(object)
+    cache_reported = Signal(object)
     finished = Signal(object)  # FitEnded
 
     def __init__(self, config: RunConfig | None, run_dir: str, stop: threading.Event,
@@ -94,6 +96,9 @@ class SignalRelay(Callback):
     def on_warning(self, event: WarningIssued) -> None:
         self.worker.warning_issued.emit(event)
 
+    def on_cache(self, event: CacheReport) -> None:
+        self.worker.cache_reported.emit(event)
+
 
 class TrainingSession(QObject):
     """Start, pause, resume and stop one training run at a time, from the GUI thread."""
@@ -104,6 +109,7 @@ class TrainingSession(QObject):
     epoch_ended = Signal(object)
     checkpoint_saved = Signal(object)
     warning_issued = Signal(object)
+    cache_reported = Signal(object)
     finished = Signal(object)  # FitEnded, after the thread has ended
     running_changed = Signal(bool)
     paused_changed = Signal(bool)
@@ -145,7 +151,7 @@ class TrainingSession(QObject):
         worker = TrainingWorker(config, run_dir, self._stop, self._pause, resume)
         worker.moveToThread(thread)
         for name in ("fit_started", "stage_started", "batch_ended", "epoch_ended",
-                     "checkpoint_saved", "warning_issued"):
+                     "checkpoint_saved", "warning_issued", "cache_reported"):
             getattr(worker, name).connect(getattr(self, name))
         worker.finished.connect(self._on_worker_finished)
         thread.started.connect(worker.run)

@@ -87,6 +87,7 @@ def test_sample_freeze_lr_train_and_see_curves(window: MainWindow, qtbot) -> Non
     assert (Path(result.run_dir) / "checkpoints" / "last.pt").is_file()
     qtbot.waitUntil(lambda: plotted_points(window) > 0, timeout=10_000)
     assert window.pages.currentIndex() == window.PAGES.index("Train")
+    assert window.training_panel.cache_label.text().startswith("Feature cache: ")
 
 
 def test_stop_mid_epoch_gives_cancelled(window: MainWindow, qtbot) -> None:

@@ -186,3 +186,24 @@ def test_every_control_has_a_tooltip(panel: TrainingPanel) -> None:
         + panel.findChildren(QAbstractButton)
     assert controls
     assert all(control.toolTip() for control in controls)
+
+
+def test_cache_reports_show_what_is_cached_and_why_not(panel: TrainingPanel) -> None:
+    from studio.engine.events import CacheReport
+
+    panel.on_cache_reported(CacheReport("features", "building", images=300))
+    assert "once" in panel.progress_label.text()
+    panel.on_cache_reported(CacheReport("features", "ready", images=300, megabytes=0.6,
+                                        seconds=1.5, detail="cut after flatten"))
+    panel.on_cache_reported(CacheReport("images", "off", detail="switched off"))
+    lines = panel.cache_label.text().splitlines()
+    assert lines == ["Feature cache: on, 300 images, 0.6 MB in 1.5 s (cut after flatten)",
+                     "Image cache: off (switched off)"]
+    assert panel.feature_cache_combo.currentData() == "auto"
+
+
+def test_switching_the_feature_cache_off_edits_the_config(panel: TrainingPanel, project) -> None:
+    panel.feature_cache_combo.setCurrentIndex(panel.feature_cache_combo.findData("off"))
+    assert project.config.train.feature_cache == "off"
+    panel.cache_views_spin.setValue(4)
+    assert project.config.train.cache_views == 4

@@ -35,7 +35,14 @@ from PySide6.QtWidgets import (
 
 from studio.engine.config import RunConfig
 from studio.engine.errors import StudioError
-from studio.engine.events import BatchEnded, EpochEnded, FitEnded, FitStarted, Outcome
+from studio.engine.events import (
+    BatchEnded,
+    CacheReport,
+    EpochEnded,
+    FitEnded,
+    FitStarted,
+    Outcome,
+)
 from studio.ui.project import ProjectModel
 from studio.ui.tasks import BackgroundTask
 
@@ -47,6 +54,8 @@ SCHEDULE_CHOICES = (("constant", "none"), ("step decay", "step"), ("cosine", "co
                     ("one-cycle", "onecycle"))
 PRECISION_CHOICES = (("auto", "auto"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))
 DEVICE_CHOICES = (("auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda"), ("Apple GPU", "mps"))
+FEATURE_CACHE_CHOICES = (("auto: when frozen layers come first", "auto"), ("off", "off"))
+IMAGE_CACHE_CHOICES = (("auto: when the images fit in memory", "auto"), ("off", "off"))
 
 OUTCOME_ICONS = {
     Outcome.COMPLETED: QStyle.StandardPixmap.SP_DialogApplyButton,
@@ -263,6 +272,18 @@ class TrainingPanel(QWidget):
                                          special="off", suffix=" epochs")
         self.seed_spin = _spin(0, 2**31 - 1, "Seed of the random split, shuffling and "
                                "augmentation; the same seed repeats a run.")
+        self.feature_cache_combo = _combo(
+            FEATURE_CACHE_CHOICES, "Run the frozen layers once per image and train the rest on "
+            "their saved output: many times faster when only the last layers train. Used when "
+            "the frozen layers come first and images are not randomly augmented (or augmented "
+            "views are cached).")
+        self.cache_views_spin = _spin(0, 64, "With augmentation on: how many augmented views of "
+                                      "every image to pass through the frozen layers and cache; "
+                                      "none trains on images as usual.", special="none",
+                                      suffix=" views")
+        self.image_cache_combo = _combo(
+            IMAGE_CACHE_CHOICES, "Decode and resize every image once and keep it in memory, so "
+            "epochs after the first skip reading the files.")
 
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Batch size", self.batch_size_spin)
@@ -275,6 +296,9 @@ class TrainingPanel(QWidget):
         form.addRow("", self.device_hint)
         form.addRow("Early stopping", self.early_stopping_spin)
         form.addRow("Seed", self.seed_spin)
+        form.addRow("Feature cache", self.feature_cache_combo)
+        form.addRow("Augmented views", self.cache_views_spin)
+        form.addRow("Image cache", self.image_cache_combo)
 
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
@@ -309,6 +333,9 @@ class TrainingPanel(QWidget):
             combo("Device", self.device_combo, "train", "device"),
             spin("Early stopping", self.early_stopping_spin, "train", "early_stopping"),
             spin("Seed", self.seed_spin, "train", "seed"),
+            combo("Feature cache", self.feature_cache_combo, "train", "feature_cache"),
+            spin("Augmented views", self.cache_views_spin, "train", "cache_views"),
+            combo("Image cache", self.image_cache_combo, "train", "image_cache"),
         ]
         for field in self._fields:
             widget = field.widget
@@ -369,10 +396,18 @@ class TrainingPanel(QWidget):
         self.run_info_label.setStyleSheet(f"color: {MUTED_COLOR};")
         self.run_info_label.setToolTip("What this run trains on.")
         self.run_info_label.setVisible(False)
+        self.cache_label = QLabel()
+        self.cache_label.setWordWrap(True)
+        self.cache_label.setStyleSheet(f"color: {MUTED_COLOR};")
+        self.cache_label.setToolTip("Whether the frozen layers' output and the decoded images "
+                                    "are cached, and why not when they are not.")
+        self.cache_label.setVisible(False)
+        self._caches: dict[str, str] = {}
         box_layout = QVBoxLayout(self._progress_box)
         box_layout.addWidget(self.progress_bar)
         box_layout.addWidget(self.progress_label)
         box_layout.addWidget(self.run_info_label)
+        box_layout.addWidget(self.cache_label)
 
     def _build_result(self) -> None:
         self._result_box = QGroupBox("Result", self)
@@ -531,7 +566,22 @@ class TrainingPanel(QWidget):
             f"{event.val_images:,} val images · {_plural(len(event.classes), 'class', 'classes')}"
             f" · {trainable}")
         self.run_info_label.setVisible(True)
+        self._caches = {}
+        self.cache_label.setVisible(False)
         self._result_box.setVisible(False)
+
+    @Slot(object)
+    def on_cache_reported(self, event: CacheReport) -> None:
+        """One line per cache: on (images, size), reused, or off with the reason."""
+        if event.state == "building":
+            what = ("Computing the frozen layers' output" if event.kind == "features"
+                    else "Decoding the images")
+            self.progress_label.setText(f"{what} for {event.images:,} images, once…")
+        text = event.describe()
+        self._caches[event.kind] = text[:1].upper() + text[1:]
+        self.cache_label.setText("\n".join(self._caches[k] for k in ("features", "images")
+                                           if k in self._caches))
+        self.cache_label.setVisible(True)
 
     @Slot(object)
     def on_batch_ended(self, event: BatchEnded) -> None:
