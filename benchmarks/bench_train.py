@@ -101,13 +101,34 @@ def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
     return colorsys.hsv_to_rgb(h, s, v)
 
 
-def initial_weights(path: Path, classes: int) -> Path:
+def initial_weights(path: Path, classes: int, data: Path, size: int) -> Path:
+    """A random resnet18 whose BatchNorm statistics are measured on the training images, as a
+    pretrained network's are on its own data. (Pretrained weights cannot be downloaded here;
+    with the init statistics, mean 0 and variance 1, frozen BatchNorm layers would normalise
+    nothing, and a loop that keeps them would be judged on an artefact.)"""
     from safetensors.torch import save_file
+    from torchvision import datasets, transforms
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
     model = resnet18(weights=None)
     model.fc = nn.Linear(model.fc.in_features, classes)
+    tf = transforms.Compose([transforms.Resize(round(size * 256 / 224)),
+                             transforms.CenterCrop(size), transforms.ToTensor(),
+                             transforms.Normalize(MEAN, STD)])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(data / "train"), tf),
+                                         batch_size=64)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over every batch
+    model.train()
+    with torch.no_grad():
+        for images, _ in loader:
+            model(images)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
 
@@ -235,7 +256,7 @@ def _trainable(preset: str, up_to: str) -> Any:
 
 
 def studio_run(data: Path, weights: Path, scenario: str, epochs: int, batch: int, size: int,
-               out: Path) -> Figures:
+               out: Path, precision: str = "auto") -> Figures:
     from studio.engine.config import (
         DataConfig,
         FreezeSpec,
@@ -254,7 +275,7 @@ def studio_run(data: Path, weights: Path, scenario: str, epochs: int, batch: int
         freeze=FreezeSpec(preset=preset, up_to=up_to),
         optim=OptimConfig(optimizer="sgd", lr=LR, momentum=0.9, weight_decay=0.0,
                           schedule="none"),
-        train=TrainConfig(epochs=epochs, batch_size=batch))
+        train=TrainConfig(epochs=epochs, batch_size=batch, precision=precision))
 
     class Listen(Callback):
         def __init__(self) -> None:
@@ -319,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="input size (default 224)")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--train-per-class", type=int, default=30)
-    parser.add_argument("--val-per-class", type=int, default=10)
+    parser.add_argument("--val-per-class", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, help="the same for every scenario (default: "
                                                    "head 10, last_block 3, full 2)")
@@ -327,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=min(4, os.cpu_count() or 1),
                         help="reference DataLoader workers (the tutorial's 4, at most the "
                              "cores)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="studio's precision (default auto: what a user gets)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny: 3 classes × 6 images at 32 px, 1–2 epochs (for CI)")
     parser.add_argument("--out", type=Path, help="working folder (default: a temporary one)")
@@ -344,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         if not data.is_dir():
             make_dataset(data, args.classes, args.train_per_class, args.val_per_class,
                          max(args.size + args.size // 7, 40))
-        weights = initial_weights(work / "initial.safetensors", args.classes)
+        weights = initial_weights(work / "initial.safetensors", args.classes, data, args.size)
         device = (torch.cuda.get_device_name(0) if amp else
                   f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
         print(f"resnet18 @ {args.size} px, {args.classes} classes × {args.train_per_class} "
@@ -359,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                                        args.size, args.ref_workers, amp))
             print(f"{scenario}: studio…", flush=True)
             rows.append(studio_run(data, weights, scenario, epochs, args.batch_size, args.size,
-                                   work / f"run-{number}-{scenario}-{time.time_ns()}"))
+                                   work / f"run-{number}-{scenario}-{time.time_ns()}",
+                                   args.precision))
         print()
         print(table(rows))
         if args.json:
