@@ -6,9 +6,10 @@ learning rate is scaled by the same factor, so the curve is plotted against the 
 rate (``optim.lr``) and a suggestion applies to the groups by scaling them all alike, keeping
 discriminative ratios. The model and optimizer are restored afterwards, bit for bit.
 
-The suggestion is fastai's "valley": the middle of the longest stretch over which the smoothed
-loss keeps falling, a little towards its lower end. It is robust to noisy curves where the
-steepest-slope point jumps around.
+The suggestion is the learning rate where the smoothed loss falls fastest (against log lr)
+before its minimum — Smith's and fastai v1's rule. fastai's later "valley" (the middle of the
+longest decreasing run) was tried first: on short sweeps whose loss is flat for a long while it
+lands at the start of the descent, an order of magnitude too low.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -49,24 +51,20 @@ class LRFinderResult:
 
 
 def suggest_lr(lrs: Iterable[float], smoothed: Iterable[float]) -> float | None:
-    """fastai's valley: the longest run of decreasing loss; a point two-thirds down it."""
-    lrs, losses = list(lrs), list(smoothed)
+    """Where the smoothed loss falls fastest against log(lr), before its minimum (skipping the
+    first tenth, where the moving average is still settling). None when it never falls."""
+    rates = np.asarray(list(lrs), dtype=np.float64)
+    losses = np.asarray(list(smoothed), dtype=np.float64)
     n = len(losses)
-    if n < 8:
+    if n < 8 or len(rates) != n:
         return None
-    lengths = [1] * n  # longest decreasing subsequence ending at i
-    best_end = best_start = 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and lengths[i] < lengths[j] + 1:
-                lengths[i] = lengths[j] + 1
-        if lengths[i] > lengths[best_end]:
-            best_end = i
-            best_start = best_end - lengths[best_end]
-    if best_end == 0:
+    start, end = n // 10, int(np.argmin(losses))
+    if end - start < 3:
         return None
-    third = (best_end - best_start) / 3
-    return float(lrs[max(0, min(n - 1, best_start + int(third) + int(third / 2)))])
+    slope = np.gradient(losses[start:end + 1], np.log10(rates[start:end + 1]))
+    if slope.min() >= 0:
+        return None
+    return float(rates[start + int(np.argmin(slope))])
 
 
 def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Any],

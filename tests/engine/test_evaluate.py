@@ -260,12 +260,15 @@ def test_the_sweep_scales_groups_together_and_stops_when_asked() -> None:
     assert seen[0][0] == pytest.approx(1e-4)
 
 
-def test_valley_suggestion_sits_on_the_falling_stretch() -> None:
-    lrs = np.logspace(-6, 0, 60)
-    losses = np.concatenate([np.full(15, 2.0), np.linspace(2.0, 0.5, 30), np.linspace(0.5, 5, 15)])
+def test_the_suggestion_is_where_the_loss_falls_fastest() -> None:
+    lrs = np.logspace(-6, 0, 61)  # ten points a decade
+    losses = np.concatenate([np.full(20, 2.0), np.linspace(2.0, 1.8, 10),  # flat, gentle
+                             np.linspace(1.8, 0.6, 6)[1:],  # steep, around 1e-3
+                             np.linspace(0.6, 0.5, 11)[1:], np.linspace(0.5, 5, 16)])
     suggestion = suggest_lr(lrs, losses)
-    assert suggestion is not None and lrs[15] <= suggestion <= lrs[44]
-    assert suggest_lr(lrs[:5], losses[:5]) is None
+    assert suggestion is not None and lrs[30] <= suggestion <= lrs[35]
+    assert suggest_lr(lrs[:5], losses[:5]) is None  # too short to judge
+    assert suggest_lr(lrs, np.linspace(1.0, 3.0, 61)) is None  # never falls
 
 
 def test_find_lr_on_a_run_config(tiny_dataset: Path) -> None:

@@ -389,8 +389,8 @@ def _result_text(result: LRFinderResult, current: float) -> str:
         return opening + ("The curve is too short to suggest a rate (it needs at least 8 "
                           "steps with a falling loss); run more steps.")
     suggestion = format_number(rounded(result.suggestion))
-    return opening + (f"Suggested base learning rate: {suggestion}, on the longest stretch "
-                      f"where the loss keeps falling. The current one is "
+    return opening + (f"Suggested base learning rate: {suggestion}, where the smoothed loss "
+                      f"falls fastest. The current one is "
                       f"{format_number(current)}.")
 
 
