@@ -204,6 +204,16 @@ def test_a_folder_dropped_on_the_panel_is_scanned(qtbot, panel, project, dataset
     assert project.scan is not None and project.scan.root == str(dataset)
 
 
+def test_a_dropped_file_is_left_for_the_window(panel, dataset) -> None:
+    image = next(dataset.rglob("*.png"))
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(image))])
+    enter = QDragEnterEvent(QPoint(20, 20), Qt.DropAction.CopyAction, mime,
+                            Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    panel.dragEnterEvent(enter)
+    assert not enter.isAccepted()  # it propagates to the window, which predicts it
+
+
 def test_dragged_text_is_refused(panel) -> None:
     mime = QMimeData()
     mime.setText("just some text")

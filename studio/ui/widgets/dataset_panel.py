@@ -695,12 +695,13 @@ def _choice_combo(choices: Sequence[tuple[str, str, str]], tooltip: str) -> QCom
 
 
 def _dropped_path(event: QDragEnterEvent | QDropEvent) -> str | None:
-    """The one local path being dragged, or None for anything else."""
+    """The one local folder being dragged, or None for anything else: a dropped image file
+    goes on to the window, which predicts it (Evaluate page)."""
     mime = event.mimeData()
     if mime is None or not mime.hasUrls():
         return None
     urls = [url for url in mime.urls() if url.isLocalFile()]
-    if len(urls) != 1:
+    if len(urls) != 1 or not Path(urls[0].toLocalFile()).is_dir():
         return None
     return urls[0].toLocalFile()
 
