@@ -253,6 +253,7 @@ MEMORY_FRACTION = 0.4  # of the machine's RAM that cached features may take befo
 MEMORY_CAP = 8 * 1024**3
 MIN_PREFIX_SHARE = 0.5  # cache only when the prefix is at least this share of the forward FLOPs
 _KEEP = 2  # feature sets kept in memory between fits of one process (the GUI trains often)
+KEEP_BYTES = 1024**3  # ... as long as they take no more than this together
 _memory: OrderedDict[str, FeatureSet] = OrderedDict()
 
 
@@ -431,6 +432,14 @@ def load_or_build(key: str, prefix: nn.Module, batches: Callable[[int], Iterable
 def forget_memory() -> None:
     """Drop the in-memory feature sets (tests; or to give the memory back)."""
     _memory.clear()
+
+
+def trim_memory(limit: int | None = None) -> None:
+    """Keep at most ``limit`` bytes (KEEP_BYTES) of feature sets for later fits, newest first;
+    called when a fit ends so a long-lived app does not hold a large cache it may not need."""
+    limit = KEEP_BYTES if limit is None else limit
+    while _memory and sum(f.nbytes for f in _memory.values()) > limit:
+        _memory.popitem(last=False)
 
 
 class CachedBatches:

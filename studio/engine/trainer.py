@@ -83,6 +83,7 @@ from studio.engine.features import (
     load_or_build,
     prefix_share,
     split_model,
+    trim_memory,
 )
 from studio.engine.params import (
     apply_freeze,
@@ -320,6 +321,7 @@ class Trainer:
                                              f": {error}); the details are in the log")
         finally:
             self._close_loaders()
+            trim_memory()
 
     # -- setup ----------------------------------------------------------------------------
 

@@ -209,6 +209,14 @@ def test_augmented_images_are_not_cached_unless_views_are_asked_for(tiny_dataset
     assert "3 augmented views" in report.detail
 
 
+def test_large_feature_sets_are_not_kept_after_the_fit(tiny_dataset: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features, "KEEP_BYTES", 10)  # bytes: nothing is small enough to keep
+    fit(tiny_config(tiny_dataset, epochs=2), tmp_path / "a")
+    _, again = fit(tiny_config(tiny_dataset, epochs=2), tmp_path / "b")
+    assert again.caches[-1].state == "ready"
+
+
 def test_large_feature_sets_spill_to_disk_and_are_found_there_again(
         tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(features, "MEMORY_CAP", 1024)  # bytes: anything spills
