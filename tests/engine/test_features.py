@@ -334,3 +334,62 @@ def test_compile_wraps_what_trains(tiny_dataset: Path, tmp_path: Path,
     result, _ = fit(tiny_config(tiny_dataset, epochs=2, compile=True), tmp_path / "a")
     assert result.outcome is Outcome.COMPLETED
     assert compiled == ["ResNet", "TrainableSuffix"]
+
+
+# -- the cache with the trainer's other features ------------------------------------------------
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_a_cached_run_stopped_and_resumed_matches_an_unbroken_one(tiny_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    config = tiny_config(tiny_dataset, epochs=4)
+    full, _ = fit(config, tmp_path / "full")
+    stop = threading.Event()
+
+    class StopAfterTwo(Recorder):
+        def on_epoch_end(self, event: Any) -> None:
+            if event.epoch == 2:
+                stop.set()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cancelled = Trainer(config, tmp_path / "run", [StopAfterTwo()]).fit(stop)
+        features.forget_memory()  # as after restarting the app: the features are rebuilt
+        recorder = Recorder()
+        resumed = Trainer.resume_run(tmp_path / "run", callbacks=[recorder]).fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert cancelled.outcome is Outcome.CANCELLED and cancelled.epochs_completed == 2
+    assert resumed.outcome is Outcome.COMPLETED and full.outcome is Outcome.COMPLETED
+    assert recorder.caches[-1].state == "ready"
+    unbroken, again = final_weights(tmp_path / "full"), final_weights(tmp_path / "run")
+    assert all(torch.equal(unbroken[k], again[k]) for k in unbroken)
+
+
+def test_the_weighted_sampler_draws_the_same_batches_from_cached_features(
+        tiny_dataset: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    def balanced(**train: Any) -> RunConfig:
+        config = tiny_config(tiny_dataset, epochs=2, **train)
+        return config.replace(data=replace(config.data, balance="sampler"))
+
+    _, cached = fit(balanced(), tmp_path / "cached")
+    _, plain = fit(balanced(feature_cache="off"), tmp_path / "plain")
+    assert cached.caches[-1].state == "ready"
+    assert [e.train_loss for e in cached.epochs] == pytest.approx(
+        [e.train_loss for e in plain.epochs], rel=1e-4)
+
+
+def test_no_validation_images_with_cached_features(tiny_dataset: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    config = tiny_config(tiny_dataset, epochs=2)
+    config = config.replace(data=replace(config.data, val_fraction=0.0))
+    result, recorder = fit(config, tmp_path / "r")
+    assert result.outcome is Outcome.COMPLETED
+    assert recorder.caches[-1].state == "ready" and recorder.caches[-1].images == 30
