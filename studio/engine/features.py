@@ -316,7 +316,7 @@ def cache_key(split: ModelSplit, samples: Sequence[Any], preprocessing: dict[str
         digest.update(name.encode())
         data = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(str(data.dtype).encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")  # no copy
     for sample in samples:
         try:
             stat = os.stat(sample.path)
