@@ -25,11 +25,11 @@ from PySide6.QtCore import (
     Signal,
     Slot,
 )
-from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
+from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 
 from studio.engine.evaluate import ImageResult
 from studio.ui.tasks import BackgroundTask
-from studio.ui.widgets.dataset_panel import Thumbnail, make_thumbnail
+from studio.ui.thumbnails import Thumbnail, make_thumbnail, thumbnail_pixmap
 
 Index = QModelIndex | QPersistentModelIndex
 ROOT = QModelIndex()
@@ -198,6 +198,4 @@ class GalleryModel(QAbstractListModel):
 
 
 def _icon_of(thumb: Thumbnail) -> QIcon:
-    image = QImage(thumb.rgb, thumb.width, thumb.height, 3 * thumb.width,
-                   QImage.Format.Format_RGB888).copy()  # own the pixels
-    return QIcon(QPixmap.fromImage(image))
+    return QIcon(thumbnail_pixmap(thumb))

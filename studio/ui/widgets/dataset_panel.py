@@ -11,22 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PIL import Image
 from PySide6.QtCore import QEvent, QSignalBlocker, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QDragEnterEvent,
     QDropEvent,
     QFontMetrics,
     QIcon,
-    QImage,
     QPalette,
-    QPixmap,
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -55,10 +51,11 @@ from PySide6.QtWidgets import (
 )
 
 from studio.engine.config import ConfigError
-from studio.engine.data import IMBALANCE_RATIO, DatasetScan, load_image, scan_folder
+from studio.engine.data import IMBALANCE_RATIO, DatasetScan, scan_folder
 from studio.ui.project import ProjectModel
 from studio.ui.tasks import BackgroundTask
 from studio.ui.text import sentence
+from studio.ui.thumbnails import Thumbnail, make_thumbnail, thumbnail_pixmap
 
 THUMBNAIL_SIZE = 64  # pixels, the longer side
 THUMBNAILS_PER_CLASS = 4
@@ -90,17 +87,6 @@ ScanKey = tuple[str, float, int]  # (folder, val_fraction, seed): what decides a
 # Thumbnails: plain functions that run in the thread pool (no Qt here)
 
 
-@dataclass(frozen=True, slots=True)
-class Thumbnail:
-    """A small RGB picture of one sample, as raw bytes a QImage can wrap."""
-
-    label: str
-    path: str
-    width: int
-    height: int
-    rgb: bytes
-
-
 def thumbnail_samples(scan: DatasetScan, per_class: int = THUMBNAILS_PER_CLASS,
                       limit: int = MAX_THUMBNAILS) -> list[tuple[str, str]]:
     """(class name, path) of the first few training images of every class, at most ``limit``."""
@@ -116,27 +102,10 @@ def thumbnail_samples(scan: DatasetScan, per_class: int = THUMBNAILS_PER_CLASS,
     return pairs[:limit]
 
 
-def make_thumbnail(label: str, path: str, size: int = THUMBNAIL_SIZE) -> Thumbnail | None:
-    """Load ``path`` robustly and fit it in ``size`` pixels; small images grow by whole factors
-    (pixels stay crisp). None when the file can no longer be read."""
-    try:
-        image = load_image(path)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-    longest = max(image.width, image.height)
-    if longest > size:
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    elif longest * 2 <= size:
-        factor = size // longest
-        image = image.resize((image.width * factor, image.height * factor),
-                             Image.Resampling.NEAREST)
-    return Thumbnail(label, path, image.width, image.height, image.tobytes())
-
-
 def load_thumbnails(pairs: Sequence[tuple[str, str]]) -> list[Thumbnail]:
     """Thumbnails of ``pairs`` in order, decoded a few at a time (Pillow releases the GIL)."""
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="studio-thumbs") as pool:
-        made = pool.map(lambda pair: make_thumbnail(*pair), pairs)
+        made = pool.map(lambda pair: make_thumbnail(*pair, THUMBNAIL_SIZE), pairs)
         return [thumb for thumb in made if thumb is not None]
 
 
@@ -587,9 +556,7 @@ class DatasetPanel(QWidget):
     def _on_thumbnail_task_succeeded(self, thumbnails: list[Thumbnail]) -> None:
         self._thumbnail_list.clear()
         for thumb in thumbnails:
-            image = QImage(thumb.rgb, thumb.width, thumb.height, 3 * thumb.width,
-                           QImage.Format.Format_RGB888).copy()  # own the pixels
-            item = QListWidgetItem(QIcon(QPixmap.fromImage(image)), thumb.label)
+            item = QListWidgetItem(QIcon(thumbnail_pixmap(thumb)), thumb.label)
             item.setToolTip(thumb.path)
             self._thumbnail_list.addItem(item)
         self._details.setTabText(0, "Examples")

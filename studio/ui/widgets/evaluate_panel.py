@@ -31,12 +31,10 @@ from PySide6.QtGui import (
     QDragEnterEvent,
     QDropEvent,
     QFont,
-    QImage,
     QPainter,
     QPaintEvent,
     QPalette,
     QPen,
-    QPixmap,
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -85,7 +83,7 @@ from studio.ui.models.confusion import (
 from studio.ui.models.gallery import PATH_ROLE, THUMBNAIL_SIZE, GalleryModel
 from studio.ui.tasks import BackgroundTask
 from studio.ui.text import sentence
-from studio.ui.widgets.dataset_panel import Thumbnail, make_thumbnail
+from studio.ui.thumbnails import Thumbnail, make_thumbnail, thumbnail_pixmap
 from studio.ui.widgets.export_panel import run_has_checkpoint
 
 ERROR_STYLE = "color: #b00020;"
@@ -119,12 +117,6 @@ def _predictor_key(run_dir: str, checkpoint: str) -> PredictorKey:
     except OSError:
         stamp = 0
     return str(Path(run_dir).resolve()), checkpoint, stamp
-
-
-def _pixmap(thumb: Thumbnail) -> QPixmap:
-    image = QImage(thumb.rgb, thumb.width, thumb.height, 3 * thumb.width,
-                   QImage.Format.Format_RGB888).copy()  # own the pixels
-    return QPixmap.fromImage(image)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +296,7 @@ class PredictionView(QWidget):
         self.hint_label.setVisible(False)
         self.image_label.setVisible(True)
         if thumb is not None:
-            self.image_label.setPixmap(_pixmap(thumb))
+            self.image_label.setPixmap(thumbnail_pixmap(thumb))
         else:
             self.image_label.setText("(no preview)")
         self.name_label.setStyleSheet("")
