@@ -550,15 +550,16 @@ class DecodedImages:
     """Images decoded once and kept as uint8 CHW tensors packed in one flat buffer (one shared
     memory segment when DataLoader workers receive it)."""
 
-    def __init__(self, buffer: torch.Tensor, offsets: torch.Tensor, shapes: torch.Tensor) -> None:
+    def __init__(self, buffer: torch.Tensor, offsets: list[int],
+                 shapes: list[tuple[int, int, int]]) -> None:
         self.buffer, self.offsets, self.shapes = buffer, offsets, shapes
 
     def __len__(self) -> int:
-        return int(self.shapes.shape[0])
+        return len(self.shapes)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        start = int(self.offsets[index])
-        c, h, w = (int(v) for v in self.shapes[index])
+        start = self.offsets[index]
+        c, h, w = self.shapes[index]
         return self.buffer[start:start + c * h * w].view(c, h, w)
 
     @property
@@ -573,12 +574,16 @@ def decoded_size_estimate(count: int, prep: Preprocessing, cropped: bool) -> int
     return count * 3 * prep.resize * round(prep.resize * 4 / 3)
 
 
-def image_cache_budget() -> int:
+def physical_memory() -> int:
+    """Bytes of RAM (8 GiB assumed where the OS does not say)."""
     try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
-        ram = 8 * 1024**3
-    return int(IMAGE_CACHE_FRACTION * ram)
+        return 8 * 1024**3
+
+
+def image_cache_budget() -> int:
+    return int(IMAGE_CACHE_FRACTION * physical_memory())
 
 
 def decode_images(samples: Sequence[Sample], steps: Sequence[Callable[[Any], Any]],
@@ -608,9 +613,10 @@ def decode_images(samples: Sequence[Sample], steps: Sequence[Callable[[Any], Any
             tensors.extend(pool.map(one, samples[start:start + chunk]))
             if progress:
                 progress(len(tensors), len(samples))
-    shapes = torch.tensor([list(t.shape) for t in tensors], dtype=torch.long).reshape(-1, 3)
-    sizes = shapes.prod(dim=1)
-    offsets = torch.cumsum(sizes, 0) - sizes
+    shapes = [(t.shape[0], t.shape[1], t.shape[2]) for t in tensors]
+    offsets = [0] * len(tensors)
+    for i in range(1, len(tensors)):
+        offsets[i] = offsets[i - 1] + tensors[i - 1].numel()
     buffer = torch.cat([t.reshape(-1) for t in tensors]) if tensors else \
         torch.empty(0, dtype=torch.uint8)
     return DecodedImages(buffer, offsets, shapes)

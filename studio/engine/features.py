@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -29,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import torch
 from torch import fx, nn
+
+from studio.engine.data import physical_memory
 
 _STOCHASTIC_FUNCTIONS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
                          "feature_alpha_dropout", "stochastic_depth"}
@@ -172,10 +174,6 @@ def _choose_cut(model: nn.Module, graph: fx.Graph, names: dict[fx.Node, str],
         earlier = [i for i in valid if i < tail_stochastic[0]]
         if earlier:
             cut = earlier[-1]
-    if last_param >= 0 and cut < last_param:
-        prefix_params = set().union(*uses[:cut + 1]) if cut >= 0 else set()
-        if not prefix_params:
-            raise SplitRefused("no frozen layer comes before the first trainable one")
     deep_stochastic = [i for i in range(cut + 1) if _is_stochastic(model, nodes[i])]
     if deep_stochastic:
         notes.append(f"{len(deep_stochastic)} dropout/stochastic-depth layer(s) inside the frozen "
@@ -186,8 +184,7 @@ def _choose_cut(model: nn.Module, graph: fx.Graph, names: dict[fx.Node, str],
         if norms:
             raise SplitRefused("frozen BatchNorm layers update their statistics (bn_frozen is "
                                "off), so their output changes every step")
-    prefix_params = set().union(*uses[:cut + 1])
-    if not prefix_params:
+    if not set().union(*uses[:cut + 1]):
         raise SplitRefused("no frozen layer comes before the first trainable one")
     return names.get(nodes[cut], nodes[cut].name), notes
 
@@ -278,25 +275,15 @@ def prefix_share(model: nn.Module, split: ModelSplit, image_size: int) -> float:
 
 
 def memory_budget() -> int:
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        ram = 8 * 1024**3
-    return int(min(MEMORY_CAP, MEMORY_FRACTION * ram))
+    return int(min(MEMORY_CAP, MEMORY_FRACTION * physical_memory()))
 
 
 def cache_root() -> Path:
-    """``$STUDIO_CACHE_DIR``, else the user cache folder (XDG on Linux, Library/Caches on
-    macOS, LOCALAPPDATA on Windows), in ``finetune-studio/features``."""
+    """``$STUDIO_CACHE_DIR/features``, else ``features`` in the user cache folder
+    (``~/.cache/finetune-studio`` on Linux, ``~/Library/Caches`` on macOS, LOCALAPPDATA)."""
     if os.environ.get("STUDIO_CACHE_DIR"):
         return Path(os.environ["STUDIO_CACHE_DIR"]) / "features"
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "finetune-studio" / "features"
+    return platformdirs.user_cache_path("finetune-studio", appauthor=False) / "features"
 
 
 def cache_key(split: ModelSplit, samples: Sequence[Any], preprocessing: dict[str, Any],
@@ -457,7 +444,6 @@ class CachedBatches:
             sampler = (RandomSampler(range(store.images), generator=generator) if shuffle
                        else SequentialSampler(range(store.images)))
         self.batches = BatchSampler(sampler, batch_size, drop_last)
-        self.dataset = range(store.images)  # len(loader.dataset) like a DataLoader
         self.view_generator = torch.Generator()
         self.epoch_seed = 0
 

@@ -178,6 +178,7 @@ def find_lr(config: Any, scan: Any = None, *, steps: int = STEPS, start_lr: floa
         set_frozen_norms_eval,
     )
     from studio.engine.trainer import (
+        autocast_for,
         loader_workers,
         make_criterion,
         make_optimizer,
@@ -219,8 +220,7 @@ def find_lr(config: Any, scan: Any = None, *, steps: int = STEPS, start_lr: floa
             set_frozen_norms_eval(model, frozen)
 
     # bf16 as in training; fp16 would need a GradScaler for a few hundred steps, so fp32.
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else torch.autocast(device.type, enabled=False))
+    autocast = autocast_for(device, "fp32" if precision == "fp16" else precision)
     return lr_sweep(model, optimizer, loader, criterion, base_lr=config.optim.lr,
                     start_lr=start_lr, end_lr=end_lr, steps=steps, device=device,
                     autocast=autocast, stop=stop, progress=progress, train_mode=train_mode)

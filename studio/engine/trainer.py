@@ -248,6 +248,14 @@ def loader_workers(workers: int = -1) -> dict[str, Any]:
     return {"num_workers": count, "multiprocessing_context": _loader_context()}
 
 
+def autocast_for(device: torch.device, precision: str) -> Any:
+    """The autocast context of a precision: off for fp32, bf16 or fp16 otherwise."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def _loader_context() -> str:
     """Never fork: a forked worker of a multithreaded (GUI) process can deadlock."""
     methods = multiprocessing.get_all_start_methods()
@@ -356,7 +364,6 @@ class Trainer:
         self.val_batches: Any = self.val_loader
         self._compiled: nn.Module | None = None
         self.forward: nn.Module = self._compile(self.model)  # or a split model's suffix
-        self.feature_split: ModelSplit | None = None
         self._cache_pending = False
         self._image_loaders: tuple[DataLoader, DataLoader] | None = None
         self.steps_per_epoch = len(self.train_loader)
@@ -434,17 +441,15 @@ class Trainer:
         cfg = self.config
         scan = self.scan
         assert scan is not None
-        workers = auto_workers() if cfg.train.workers < 0 else cfg.train.workers
         if not hasattr(self, "generator"):  # one generator, reseeded every epoch
             self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        common: dict[str, Any] = {"num_workers": workers,
-                                  "pin_memory": self.device.type == "cuda"}
-        if workers > 0:
+        self._loader_common = {"pin_memory": self.device.type == "cuda",
+                               **loader_workers(cfg.train.workers)}
+        common = dict(self._loader_common)
+        if common["num_workers"] > 0:
             # Workers stay up between epochs and keep four batches each in flight, so a step
             # never waits for decoding (on ≤ 2 cores there are none: they would only compete).
-            common |= {"multiprocessing_context": _loader_context(), "persistent_workers": True,
-                       "prefetch_factor": 4}
-        self._loader_common = {k: v for k, v in common.items() if k != "persistent_workers"}
+            common |= {"persistent_workers": True, "prefetch_factor": 4}
         sampler = (scan.weighted_sampler(self.generator) if cfg.data.balance == "sampler"
                    else None)
         batch = min(cfg.train.batch_size, len(train_set))  # type: ignore[arg-type]
@@ -544,7 +549,7 @@ class Trainer:
 
     def _use_images(self) -> None:
         self.train_batches, self.val_batches = self.train_loader, self.val_loader
-        self.forward, self.feature_split = self._compile(self.model), None
+        self.forward = self._compile(self.model)
 
     def _compile(self, module: nn.Module) -> nn.Module:
         """``torch.compile`` when asked (train.compile); the whole model is compiled once."""
@@ -561,8 +566,9 @@ class Trainer:
         later = [s.epoch for s in self.config.stages if s.epoch > epoch]
         return min([*later, self.config.train.epochs + 1]) - epoch
 
-    def _feature_cache_refusal(self, epoch: int) -> str | None:
-        """Why the frozen prefix cannot be cached for this stage, or None when it can."""
+    def _plan_feature_cache(self, epoch: int) -> tuple[ModelSplit, float] | str:
+        """Where to cut the model for this stage and the prefix's share of the FLOPs, or why
+        the frozen prefix cannot (or should not) be cached."""
         cfg = self.config
         if cfg.train.feature_cache == "off":
             return "switched off"
@@ -579,26 +585,24 @@ class Trainer:
         if share < MIN_PREFIX_SHARE:
             return (f"the frozen layers before {split.boundary} are only {share:.0%} of the "
                     f"computation")
-        self.feature_split = split
-        self._prefix_share = share
-        return None
+        return split, share
 
-    def _prepare_feature_cache(self, epoch: int, stop: threading.Event) -> bool:
-        """Decide and build this stage's cache; False when stopped while building."""
+    def _prepare_caches(self, epoch: int, stop: threading.Event) -> bool:
+        """Decide and build this stage's cache (features, else images); False when stopped
+        while building."""
         cfg = self.config
         self._use_images()
-        refusal = self._feature_cache_refusal(epoch)
-        if refusal is not None:
-            self._emit("on_cache", CacheReport("features", "off", detail=refusal))
+        plan = self._plan_feature_cache(epoch)
+        if isinstance(plan, str):
+            self._emit("on_cache", CacheReport("features", "off", detail=plan))
             return self._prepare_image_cache(epoch, stop)
-        split = self.feature_split
-        assert split is not None
-        views = max(1, cfg.train.cache_views) if cfg.data.augment != "none" else 1
+        split, share = plan
+        augment = cfg.data.augment
+        views = cfg.train.cache_views if augment != "none" else 1  # ≥ 1: planned so
         train_samples = list(self.scan.splits["train"])
         val_samples = list(self.scan.splits["val"])
         prep = self.built.preprocessing
         key_prep = prep.to_json()
-        augment = cfg.data.augment if views > 1 or cfg.data.augment != "none" else "none"
         keys = (cache_key(split, train_samples, key_prep, self.precision, views, augment,
                           cfg.train.seed),
                 cache_key(split, val_samples, key_prep, self.precision))
@@ -643,9 +647,9 @@ class Trainer:
             self.val_batches = CachedBatches(val_set, None, cfg.train.batch_size, False)
         self.forward = self._compile(split.suffix)
         megabytes = (train_set.nbytes + (val_set.nbytes if val_set is not None else 0)) / 1e6
-        where = [f"cut after {split.boundary}", f"{self._prefix_share:.0%} of the computation"]
-        if views > 1:
-            where.append(f"{views} augmented views per image")
+        where = [f"cut after {split.boundary}", f"{share:.0%} of the computation"]
+        if augment != "none":
+            where.append(f"{views} augmented view{'s' if views > 1 else ''} per image")
         if train_set.path is not None:
             where.append(f"on disk in {train_set.path.parent}")
         where.extend(split.notes)
@@ -712,7 +716,7 @@ class Trainer:
             self._enter_stage(epoch)
             if self._cache_pending:
                 self._cache_pending = False
-                if not self._prepare_feature_cache(epoch, stop):
+                if not self._prepare_caches(epoch, stop):
                     return self._cancelled(epoch)
             began = time.monotonic()
             trained = self._train_epoch(epoch, stop, pause)
@@ -845,10 +849,7 @@ class Trainer:
         self.state.global_step += 1
 
     def _autocast(self) -> Any:
-        if self.precision == "fp32":
-            return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast_for(self.device, self.precision)
 
     @torch.no_grad()
     def _validate(self, stop: threading.Event) -> tuple[float, float] | None:
