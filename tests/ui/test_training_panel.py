@@ -128,6 +128,7 @@ def test_progress_reads_epoch_batch_speed_and_eta(panel: TrainingPanel) -> None:
     assert panel.progress_label.text() == ("Epoch 2/10 · batch 45/120 · 1,234 img/s · "
                                            "ETA 1:23")
     assert panel.progress_bar.maximum() == 1200 and panel.progress_bar.value() == 165
+    assert "1,000,000 of 11,000,000 parameters trainable" in panel.run_info_label.text()
     panel.on_epoch_ended(EpochEnded(2, 0.5, 0.8, 0.4, 0.875, {"head": 1e-3}, 10.0, 1200.0,
                                     True))
     assert "val accuracy 87.5 %" in panel.progress_label.text()

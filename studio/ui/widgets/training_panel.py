@@ -559,8 +559,9 @@ class TrainingPanel(QWidget):
         self.progress_bar.setValue(0)
         verb = "Resuming at" if event.start_epoch > 1 else "Starting"
         self.progress_label.setText(f"{verb} epoch {event.start_epoch}/{event.epochs}…")
-        trainable = (f"{event.trainable_params / 1e6:,.1f} M of "
-                     f"{event.total_params / 1e6:,.1f} M parameters trainable")
+        # exact counts, as on the Layers page: a head-only run trains a few thousand of millions
+        trainable = (f"{event.trainable_params:,} of {event.total_params:,} parameters "
+                     f"trainable")
         self.run_info_label.setText(
             f"{event.device} · {event.precision} · {event.train_images:,} train / "
             f"{event.val_images:,} val images · {_plural(len(event.classes), 'class', 'classes')}"
