@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if "STUDIO_RUNS_DIR" not in os.environ:  # a run without --out must not land in the user's home
+    import tempfile
+
+    os.environ["STUDIO_RUNS_DIR"] = tempfile.mkdtemp(prefix="studio-test-runs-")
 
 import random  # noqa: E402
 from collections.abc import Callable  # noqa: E402

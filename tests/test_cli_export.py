@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 import studio.engine.export as export
-from studio.cli import EXPORT_FORMATS, build_parser, main
+import studio.engine.export.torch_formats as torch_formats
+from studio.cli import build_parser, main
+from studio.cli.evaluate import EXPORT_FORMATS
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +95,12 @@ def test_safetensors_goes_to_the_run_folder_by_default(
 def test_a_mismatch_exits_1_with_one_sentence_and_a_report(
         capsys: pytest.CaptureFixture[str], run_dir: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    original = export.run_torchscript
+    original = torch_formats.run_torchscript
 
     def drifted(path: Path, batches: list[torch.Tensor]) -> list[np.ndarray]:
         return [logits * 1.1 + 0.05 for logits in original(path, batches)]
 
-    monkeypatch.setattr(export, "run_torchscript", drifted)
+    monkeypatch.setattr(torch_formats, "run_torchscript", drifted)
     code, out, err = export_cli(capsys, str(run_dir), "--format", "torchscript", "--out",
                                 str(tmp_path))
     assert code == 1 and out == ""

@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.cli import TerminalProgress, main
+from studio.cli import main
+from studio.cli.train import TerminalProgress
 from studio.engine.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from studio.engine.events import BatchEnded, EpochEnded, FitEnded, FitStarted, Outcome
 
@@ -89,14 +90,30 @@ def test_train_writes_a_run_folder_and_reports_in_plain_lines(
     assert out == ""
 
 
-def test_without_out_the_run_goes_under_runs(data: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_without_out_the_run_goes_under_the_runs_root_the_app_uses(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from studio.engine.runs import default_runs_root, list_runs
+
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "all-runs"))
+    assert default_runs_root() == tmp_path / "all-runs"
     code, _, err = train(capsys, "--data", str(data), *TINY, "--epochs", "1")
     assert code == 0, err
-    [run] = (tmp_path / "runs").iterdir()
+    [run] = (tmp_path / "all-runs").iterdir()
     assert run.name.startswith(f"{BACKBONE}-") and (run / "checkpoints" / "last.pt").is_file()
+    [summary] = list_runs()
+    assert (summary.path, summary.status, summary.epochs) == (run, "completed", 1)
+
+
+def test_the_default_runs_root_is_in_the_user_data_folder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import platformdirs
+
+    from studio.engine.runs import default_runs_root
+
+    monkeypatch.delenv("STUDIO_RUNS_DIR", raising=False)
+    assert default_runs_root() == platformdirs.user_data_path(
+        "finetune-studio", appauthor=False) / "runs"
 
 
 @pytest.mark.parametrize("flags,check", [

@@ -21,8 +21,8 @@ from torch import nn
 from torchvision import models
 
 from studio.engine.config import HeadConfig, ModelConfig
-from studio.engine.data import Preprocessing, preprocessing_from_weights
 from studio.engine.errors import BackboneError, WeightsError
+from studio.engine.images import Preprocessing, preprocessing_from_weights
 from studio.engine.params import ParamNode, param_tree
 
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")

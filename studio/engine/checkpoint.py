@@ -7,19 +7,24 @@ the grad scaler, epoch and step, RNG states, the freeze spec in force and the gr
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from studio.engine.config import FILE_MODE
 from studio.engine.errors import StudioError
+
+if TYPE_CHECKING:
+    from studio.engine.parts import Parts
 
 FORMAT = "finetune-studio-checkpoint"
 FORMAT_VERSION = 1
@@ -133,3 +138,111 @@ def _as_tuple(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_as_tuple(v) for v in value)
     return value
+
+
+def copy_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy ``source`` over ``target`` atomically (last.pt → best.pt)."""
+    import shutil
+
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's full state
+
+
+@dataclass
+class FitState:
+    """Where a fit is: what a checkpoint must hold besides the tensors."""
+
+    epoch: int = 0  # last completed epoch
+    global_step: int = 0  # optimizer steps taken
+    best_epoch: int | None = None
+    best_metric: float | None = None
+    bad_epochs: int = 0
+
+    def track(self, epoch: int, value: float | None, higher: bool) -> bool:
+        """Count ``epoch``'s monitored value; True when it is the best so far. None (no
+        validation images) makes the latest epoch the best; a non-finite value never is."""
+        if value is None:
+            self.best_epoch, self.best_metric = epoch, None
+            return True
+        best = self.best_metric
+        better = math.isfinite(value) and (
+            best is None or (value > best if higher else value < best))
+        if better:
+            self.best_epoch, self.best_metric, self.bad_epochs = epoch, value, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+
+def run_checkpoint(parts: Parts, state: FitState, scaler: Any, epoch: int,
+                   rngs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything needed to continue exactly, with any number of processes: the plain
+    model's state (no DDP ``module.`` prefix), the optimizer state by parameter name, the
+    schedule position, every rank's RNG state, and what is needed to rebuild the model."""
+    cfg, optimizer = parts.config, parts.optimizer
+    assert optimizer is not None
+    return {
+        "model": parts.model.state_dict(),
+        "optimizer": optimizer_state_by_name(optimizer),
+        "scheduler": {"schedule": cfg.optim.schedule, "global_step": state.global_step},
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "global_step": state.global_step,
+        "rng": rngs[0],
+        "rng_ranks": rngs,
+        "processes": parts.placement.world_size,
+        "frozen": sorted(parts.frozen),
+        "groups": [{"name": g["name"], "param_names": list(g["param_names"]),
+                    "lr": g["studio_base_lr"], "weight_decay": g["weight_decay"]}
+                   for g in optimizer.param_groups],
+        "best": {"epoch": state.best_epoch, "metric": state.best_metric,
+                 "bad_epochs": state.bad_epochs},
+        "labels": list(parts.scan.classes),
+        "backbone": parts.built.backbone,
+        "head": parts.built.head,
+        "preprocessing": parts.built.preprocessing.to_json(),
+        "config": cfg.to_toml(),
+    }
+
+
+def restore_run(parts: Parts, state: FitState, scaler: Any, checkpoint: dict[str, Any],
+                path: Path) -> None:
+    """Put a :func:`run_checkpoint` back into freshly built parts."""
+    placement = parts.placement
+    assert parts.optimizer is not None
+    if checkpoint.get("backbone") != parts.built.backbone:
+        raise StudioError(f"{path} belongs to backbone {checkpoint.get('backbone')!r}, not "
+                          f"{parts.built.backbone!r}")
+    try:
+        parts.model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise StudioError(f"{path} does not fit this model "
+                          f"({str(error).splitlines()[0]})") from error
+    restore_optimizer_state(parts.optimizer, checkpoint["optimizer"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    best = checkpoint.get("best", {})
+    state.epoch = int(checkpoint["epoch"])
+    state.global_step = int(checkpoint["global_step"])
+    state.best_epoch = best.get("epoch")
+    state.best_metric = best.get("metric")
+    state.bad_epochs = int(best.get("bad_epochs", 0))
+    ranks = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+    if len(ranks) == placement.world_size:
+        restore_rng(ranks[placement.rank])
+    else:  # resumed with another number of processes: a distinct stream per rank
+        restore_rng(ranks[0])
+        if placement.rank:
+            torch.manual_seed(parts.config.train.seed * 7907 + placement.rank + state.epoch)

@@ -204,6 +204,10 @@ class TrainConfig:
     cache_views: int = 0  # with augmentation on: cache this many augmented views per image
     image_cache: str = "auto"  # keep decoded, resized images in memory when they fit
     compile: bool = False  # torch.compile the model (opt-in: compiling takes a while)
+    # Processes on this machine: one per GPU on CUDA (or CPU processes); above 1 the run is
+    # launched through torchrun as a DistributedDataParallel run. batch_size is per process.
+    processes: int = 1
+    sync_bn: bool = False  # with processes > 1 on CUDA: BatchNorm statistics over all processes
 
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 100_000,
@@ -223,6 +227,8 @@ class TrainConfig:
         _choice("image_cache", self.image_cache, CACHE_MODES)
         _require(0 <= self.cache_views <= 64,
                  f"cache_views must be between 0 and 64; got {self.cache_views}")
+        _require(1 <= self.processes <= 1024,
+                 f"processes must be between 1 and 1024; got {self.processes}")
 
 
 @dataclass(frozen=True, slots=True)

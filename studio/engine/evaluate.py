@@ -27,14 +27,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from studio.engine.data import (
-    FolderDataset,
-    Sample,
-    build_transforms,
-    load_image,
-    scan_folder,
-)
+from studio.engine.data import Sample, scan_folder
 from studio.engine.errors import DatasetError, StudioError
+from studio.engine.images import FolderDataset, build_transforms, load_image
 from studio.engine.runs import OpenedRun, open_run
 
 SPLITS = ("auto", "val", "test", "train", "all")
@@ -325,7 +320,7 @@ def predict_samples(run: OpenedRun, samples: Sequence[Sample], batch_size: int =
                     device: str = "auto", progress: Progress | None = None,
                     stop: threading.Event | None = None) -> np.ndarray:
     """Class probabilities (N, C) of every sample, in order, in fp32."""
-    from studio.engine.trainer import loader_workers, pick_device
+    from studio.engine.runtime import loader_workers, pick_device
 
     target = pick_device(device)
     model = run.model.to(target).eval()
@@ -366,7 +361,7 @@ class Predictor:
 
     def __init__(self, run_dir: str | os.PathLike[str], checkpoint: str = "best",
                  device: str = "auto") -> None:
-        from studio.engine.trainer import pick_device
+        from studio.engine.runtime import pick_device
 
         self.run = open_run(run_dir, checkpoint, action="predicting")
         self.labels = list(self.run.labels)

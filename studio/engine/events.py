@@ -6,7 +6,11 @@ writer records them. Observers subclass :class:`Callback` and override the hooks
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
+import math
+import typing
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +36,7 @@ class FitStarted:
     channels_last: bool
     trainable_params: int
     total_params: int
+    processes: int = 1  # the world size: processes training together
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,7 @@ class EpochEnded:
     seconds: float
     images_per_second: float
     is_best: bool
+    val_images: int = 0  # validation images counted (over every process, each once)
 
     def to_json(self) -> dict[str, Any]:
         return {"event": "epoch", **{k: v for k, v in asdict(self).items() if k != "is_best"},
@@ -144,3 +150,95 @@ class Callback:
     def on_cache(self, event: CacheReport) -> None: ...
 
     def on_fit_end(self, event: FitEnded) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Events as JSON lines: how a child process (a multi-process run) tells the window what happens
+
+HOOKS: dict[str, type] = {
+    "on_fit_start": FitStarted, "on_stage_start": StageStarted, "on_batch_end": BatchEnded,
+    "on_epoch_end": EpochEnded, "on_checkpoint": CheckpointSaved, "on_warning": WarningIssued,
+    "on_cache": CacheReport, "on_fit_end": FitEnded,
+}
+
+
+def event_to_line(hook: str, event: Any) -> str:
+    """One JSON line ``{"hook": ..., "event": {...}}`` (non-finite floats as null)."""
+    fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    payload = {k: _plain(v) for k, v in fields.items()}
+    return json.dumps({"hook": hook, "event": payload}, ensure_ascii=False, allow_nan=False)
+
+
+def event_from_line(line: str) -> tuple[str, Any] | None:
+    """(hook, event) from :func:`event_to_line`'s output; None for any other line."""
+    try:
+        record = json.loads(line)
+        hook = record["hook"]
+        cls = HOOKS[hook]
+        raw = dict(record["event"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        value, hint = raw[f.name], hints[f.name]
+        if value is None and hint in (float, float | None):
+            value = float("nan") if hint is float else None
+        elif hint is Outcome:
+            value = Outcome(value)
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        values[f.name] = value
+    try:
+        return hook, cls(**values)
+    except TypeError:
+        return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class LineEmitter(Callback):
+    """Writes every event as a JSON line to a stream (rank 0's stdout under torchrun)."""
+
+    def __init__(self, stream: typing.TextIO) -> None:
+        self.stream = stream
+
+    def _send(self, hook: str, event: Any) -> None:
+        self.stream.write(event_to_line(hook, event) + "\n")
+        self.stream.flush()
+
+    def on_fit_start(self, event: FitStarted) -> None:
+        self._send("on_fit_start", event)
+
+    def on_stage_start(self, event: StageStarted) -> None:
+        self._send("on_stage_start", event)
+
+    def on_batch_end(self, event: BatchEnded) -> None:
+        self._send("on_batch_end", event)
+
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        self._send("on_epoch_end", event)
+
+    def on_checkpoint(self, event: CheckpointSaved) -> None:
+        self._send("on_checkpoint", event)
+
+    def on_warning(self, event: WarningIssued) -> None:
+        self._send("on_warning", event)
+
+    def on_cache(self, event: CacheReport) -> None:
+        self._send("on_cache", event)
+
+    def on_fit_end(self, event: FitEnded) -> None:
+        self._send("on_fit_end", event)

@@ -32,7 +32,7 @@ import platformdirs
 import torch
 from torch import fx, nn
 
-from studio.engine.data import physical_memory
+from studio.engine.images import physical_memory
 
 _STOCHASTIC_FUNCTIONS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
                          "feature_alpha_dropout", "stochastic_depth"}

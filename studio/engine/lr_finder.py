@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from studio.engine.errors import StudioError
 
@@ -168,60 +167,22 @@ def find_lr(config: Any, scan: Any = None, *, steps: int = STEPS, start_lr: floa
             end_lr: float = END_LR, stop: threading.Event | None = None,
             progress: Progress | None = None) -> LRFinderResult:
     """Build the run ``config`` describes (weights, head, freeze spec, groups, optimizer,
-    precision) and sweep it on the training split. Nothing is written to disk."""
-    from studio.engine.backbones import build_model
-    from studio.engine.data import FolderDataset, build_transforms, scan_folder
-    from studio.engine.params import (
-        apply_freeze,
-        optimizer_groups,
-        resolve_frozen,
-        set_frozen_norms_eval,
-    )
-    from studio.engine.trainer import (
-        autocast_for,
-        loader_workers,
-        make_criterion,
-        make_optimizer,
-        pick_device,
-        pick_precision,
-        seed_everything,
-    )
+    precision) with :func:`build_parts`, as the trainer does, and sweep it on the training
+    split. Nothing is written to disk."""
+    from studio.engine.parts import build_parts
+    from studio.engine.runtime import autocast_for, seed_everything
 
     if not config.data.root and scan is None:
         raise StudioError("no dataset folder is set; choose one before finding a learning rate")
     seed_everything(config.train.seed)
-    device = pick_device(config.train.device)
-    precision = pick_precision(config.train.precision, device)
-    scan = scan or scan_folder(config.data.root, config.data.val_fraction, config.train.seed)
-    built = build_model(config.model, len(scan.classes), config.data.image_size)
-    model = built.model.to(device)
-    names = [n for n, _ in model.named_parameters()]
-    frozen = resolve_frozen(names, config.freeze, built.head)
-    apply_freeze(model, frozen)
-    groups = optimizer_groups(model, frozen, config.optim.groups, config.optim.lr,
-                              config.optim.weight_decay)
-    if not groups:
-        raise StudioError("every parameter is frozen, so there is nothing to train; unfreeze "
-                          "at least the head")
-    optimizer = make_optimizer(config.optim, groups)
-    weights = scan.class_weights().to(device) if config.data.balance == "loss" else None
-    criterion = make_criterion(config.train, weights).to(device)
-    dataset = FolderDataset(scan.splits["train"],
-                            build_transforms(built.preprocessing, config.data.augment, True))
-    generator = torch.Generator().manual_seed(config.train.seed)
-    batch = min(config.train.batch_size, len(dataset))
-    loader = DataLoader(dataset, batch_size=max(1, batch), shuffle=True, generator=generator,
-                        drop_last=len(dataset) > batch, pin_memory=device.type == "cuda",
-                        **loader_workers())
-
-    def train_mode() -> None:
-        model.train()
-        if config.freeze.bn_frozen:
-            set_frozen_norms_eval(model, frozen)
-
-    # bf16 as in training; fp16 would need a GradScaler for a few hundred steps, so fp32.
-    autocast = autocast_for(device, "fp32" if precision == "fp16" else precision)
-    return lr_sweep(model, optimizer, loader, criterion, base_lr=config.optim.lr,
-                    start_lr=start_lr, end_lr=end_lr, steps=steps, device=device,
-                    autocast=autocast, stop=stop, progress=progress, train_mode=train_mode)
-
+    parts = build_parts(config, scan)
+    assert parts.optimizer is not None
+    try:
+        # bf16 as in training; fp16 would need a GradScaler for a few hundred steps, so fp32.
+        precision = "fp32" if parts.precision == "fp16" else parts.precision
+        return lr_sweep(parts.model, parts.optimizer, parts.train_loader, parts.criterion,
+                        base_lr=config.optim.lr, start_lr=start_lr, end_lr=end_lr, steps=steps,
+                        device=parts.device, autocast=autocast_for(parts.device, precision),
+                        stop=stop, progress=progress, train_mode=parts.train_mode)
+    finally:
+        parts.close()

@@ -1,27 +1,257 @@
-"""Open a finished run folder: its checkpoint rebuilt into a model, labels, preprocessing, config.
+"""The run folder: its layout, where new runs go, its metrics log, and opening a finished run.
 
-Export, evaluation and prediction all start here, so a run is read one way. Errors are one
-sentence naming the folder or file; ``action`` words them for the caller ("exporting").
+One owner for the folder a run writes::
+
+    config.toml  labels.json  metrics.jsonl  checkpoints/last.pt  checkpoints/best.pt
+
+:class:`RunPaths` names the files, :class:`MetricsWriter` appends the run's story to
+``metrics.jsonl`` and :func:`read_metrics` reads it back, :func:`default_runs_root` is the one
+folder the app and the CLI both put new runs in, and :func:`open_run` rebuilds a checkpoint into
+a model for export, evaluation and prediction. Errors are one sentence naming the folder or
+file; ``action`` words them for the caller ("exporting").
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import torch
 from torch import nn
 
 from studio.engine.backbones import backbone_info, build_model, is_weights_file
 from studio.engine.checkpoint import load_checkpoint
-from studio.engine.config import ConfigError, RunConfig
-from studio.engine.data import Preprocessing
+from studio.engine.config import ConfigError, RunConfig, atomic_write_text
 from studio.engine.errors import StudioError
+from studio.engine.events import (
+    CacheReport,
+    Callback,
+    EpochEnded,
+    FitEnded,
+    FitStarted,
+    StageStarted,
+)
+from studio.engine.images import Preprocessing
 
 CHECKPOINTS = ("best", "last")
+
+
+class RunPaths:
+    """Where a run folder keeps its files."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(run_dir)
+        self.config = self.root / "config.toml"
+        self.labels = self.root / "labels.json"
+        self.metrics = self.root / "metrics.jsonl"
+        self.checkpoints = self.root / "checkpoints"
+        self.last = self.checkpoints / "last.pt"
+        self.best = self.checkpoints / "best.pt"
+
+    def checkpoint(self, kind: str) -> Path:
+        """``best`` or ``last``."""
+        return self.best if kind == "best" else self.last
+
+    def holds_a_run(self) -> bool:
+        """True once an epoch has been saved; a run that never finished one can be redone."""
+        return self.last.exists()
+
+    def has_checkpoint(self) -> bool:
+        return self.best.is_file() or self.last.is_file()
+
+
+def default_runs_root() -> Path:
+    """Where new runs go when no folder is given, for the app and the CLI alike:
+    ``$STUDIO_RUNS_DIR``, else ``runs`` in the user data folder
+    (``~/.local/share/finetune-studio/runs`` on Linux)."""
+    if os.environ.get("STUDIO_RUNS_DIR"):
+        return Path(os.environ["STUDIO_RUNS_DIR"])
+    return platformdirs.user_data_path("finetune-studio", appauthor=False) / "runs"
+
+
+def new_run_dir(root: str | os.PathLike[str] | None, backbone: str) -> Path:
+    """A fresh folder name under ``root``: ``BACKBONE-YYYYmmdd-HHMMSS`` (``-2``… if taken)."""
+    base = Path(root) if root is not None else default_runs_root()
+    stem = f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base / stem, 1
+    while candidate.exists():
+        n += 1
+        candidate = base / f"{stem}-{n}"
+    return candidate
+
+
+def create_run_folder(paths: RunPaths, config: RunConfig, scan: Any) -> None:
+    """A new run's folder with its config (dataset folder resolved) and labels."""
+    if paths.holds_a_run():
+        raise StudioError(f"{paths.root} already holds a run; resume it with --resume "
+                          f"{paths.root} or choose another --out folder")
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.metrics.unlink(missing_ok=True)  # left by an attempt with no epoch
+        root = str(Path(scan.root).resolve())
+        config.replace(data=dataclasses.replace(config.data, root=root)).save(paths.config)
+        atomic_write_text(paths.labels, json.dumps(list(scan.classes), indent=2,
+                                                   ensure_ascii=False) + "\n")
+    except OSError as error:
+        raise StudioError(f"the run folder {paths.root} cannot be written "
+                          f"({error.strerror or error}); choose another --out folder") from error
+
+
+def check_labels(paths: RunPaths, classes: Any) -> None:
+    try:
+        saved = json.loads(paths.labels.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise StudioError(f"{paths.labels} is missing or damaged ({error})") from error
+    if list(saved) != list(classes):
+        raise StudioError(f"the dataset's classes {list(classes)} differ from the run's "
+                          f"{saved}; resume with the same dataset")
+
+
+def read_resume_checkpoint(paths: RunPaths, config: RunConfig) -> dict[str, Any]:
+    """The last checkpoint of a run to continue to ``config.train.epochs``."""
+    checkpoint = load_checkpoint(paths.last)
+    done = int(checkpoint["epoch"])
+    if done >= config.train.epochs:
+        raise StudioError(f"the run in {paths.root} already completed {done} "
+                          f"epoch{'s' if done != 1 else ''}; pass --epochs with a larger "
+                          f"number to train further")
+    if RunConfig.load(paths.config) != config:  # e.g. --epochs extended the run
+        config.save(paths.config)
+    return checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl
+
+
+def _nan_to_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsWriter(Callback):
+    """Appends the run's story to ``metrics.jsonl``, one JSON object a line."""
+
+    def __init__(self, paths: RunPaths, extra_end: dict[str, Any] | None = None) -> None:
+        self.paths = paths
+        self.extra_end = extra_end if extra_end is not None else {}  # facts known at the end
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if not self.paths.root.is_dir():
+            return  # the fit failed before the run folder existed
+        with open(self.paths.metrics, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def on_fit_start(self, event: FitStarted) -> None:
+        self._write({"event": "fit_start", "start_epoch": event.start_epoch,
+                     "epochs": event.epochs, "device": event.device,
+                     "precision": event.precision, "processes": event.processes,
+                     "trainable_params": event.trainable_params,
+                     "total_params": event.total_params, "time": time.time()})
+
+    def on_stage_start(self, event: StageStarted) -> None:
+        self._write({"event": "stage", "epoch": event.epoch, "stage": event.index,
+                     "trainable_params": event.trainable_params, "groups": list(event.groups)})
+
+    def on_epoch_end(self, event: EpochEnded) -> None:
+        self._write({k: _nan_to_none(v) for k, v in event.to_json().items()})
+
+    def on_cache(self, event: CacheReport) -> None:
+        if event.state != "building":
+            self._write({"event": "cache", "kind": event.kind, "state": event.state,
+                         "images": event.images, "megabytes": round(event.megabytes, 3),
+                         "seconds": round(event.seconds, 3), "detail": event.detail})
+
+    def on_fit_end(self, event: FitEnded) -> None:
+        self._write({"event": "fit_end", "outcome": event.outcome.value,
+                     "message": event.message, "epochs_completed": event.epochs_completed,
+                     "best_epoch": event.best_epoch, "best_metric": event.best_metric,
+                     "seconds": event.seconds, "time": time.time(), **self.extra_end})
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every record of a run's ``metrics.jsonl``; a damaged line (a run killed mid-write) is
+    skipped, a missing file is no records."""
+    path = RunPaths(run_dir).metrics
+    records: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+    return records
+
+
+def epoch_records(run_dir: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Epoch number → its metrics line; a resumed run may repeat an epoch, the last counts."""
+    return {int(r["epoch"]): r for r in read_metrics(run_dir) if r.get("event") == "epoch"}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: Path
+    name: str
+    status: str  # completed, early_stopped, cancelled, failed, or unfinished
+    backbone: str
+    dataset: str
+    epochs: int  # completed
+    planned: int
+    best_metric: float | None
+    best_epoch: int | None
+    monitor: str
+    started: float | None  # seconds since the epoch
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "name": self.name, "status": self.status,
+                "backbone": self.backbone, "dataset": self.dataset, "epochs": self.epochs,
+                "planned": self.planned, "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch, "monitor": self.monitor,
+                "started": self.started, "seconds": self.seconds}
+
+
+def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary | None:
+    """What a run folder holds, from its config and metrics; None if it is not a run."""
+    paths = RunPaths(run_dir)
+    try:
+        config = RunConfig.load(paths.config)
+    except StudioError:
+        return None
+    records = read_metrics(paths.root)
+    starts = [r for r in records if r.get("event") == "fit_start"]
+    last_start = max((i for i, r in enumerate(records) if r.get("event") == "fit_start"),
+                     default=-1)
+    ends = [r for r in records[last_start + 1:] if r.get("event") == "fit_end"]
+    epochs = epoch_records(paths.root)
+    end = ends[-1] if ends else None
+    return RunSummary(
+        path=paths.root, name=paths.root.name,
+        status=str(end["outcome"]) if end else "unfinished",
+        backbone=config.model.backbone, dataset=config.data.root,
+        epochs=max(epochs, default=0), planned=config.train.epochs,
+        best_metric=end.get("best_metric") if end else None,
+        best_epoch=end.get("best_epoch") if end else None, monitor=config.train.monitor,
+        started=starts[0].get("time") if starts else None,
+        seconds=sum(float(r.get("seconds") or 0) for r in records
+                    if r.get("event") == "fit_end"))
+
+
+def list_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
+    """The runs directly under ``root`` (default: :func:`default_runs_root`), newest first."""
+    base = Path(root) if root is not None else default_runs_root()
+    if not base.is_dir():
+        return []
+    found = [summarize_run(child) for child in base.iterdir() if child.is_dir()]
+    runs = [run for run in found if run is not None]
+    return sorted(runs, key=lambda r: (r.started or 0.0, r.name), reverse=True)
 
 
 class RunError(StudioError):
@@ -49,8 +279,6 @@ class OpenedRun:
 def open_run(run_dir: str | os.PathLike[str], checkpoint: str = "best",
              action: str = "using it", error: type[StudioError] = RunError) -> OpenedRun:
     """Rebuild a run's architecture (weights "none") and load its checkpoint strictly."""
-    from studio.engine.trainer import RunPaths
-
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"checkpoint must be best or last; got {checkpoint!r}")
     paths = RunPaths(run_dir)
@@ -60,7 +288,7 @@ def open_run(run_dir: str | os.PathLike[str], checkpoint: str = "best",
     if not paths.last.is_file():
         raise error(f"{paths.root} holds no checkpoint (checkpoints/last.pt); train at "
                     f"least one epoch before {action}")
-    path = paths.best if checkpoint == "best" else paths.last
+    path = paths.checkpoint(checkpoint)
     if not path.is_file():
         raise error(f"{paths.root} has no best checkpoint ({path.name}); use the last "
                     f"one with --checkpoint last")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from PIL import Image
 from PySide6.QtGui import QImage, QPixmap
 
-from studio.engine.data import load_image
+from studio.engine.images import load_image
 
 
 @dataclass(frozen=True, slots=True)

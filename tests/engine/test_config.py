@@ -48,7 +48,8 @@ def full_config(image_size: int | None = 160) -> RunConfig:
                           grad_clip=1.0, accumulate=4, early_stopping=3, monitor="val_loss",
                           device="cpu", precision="bf16", channels_last=False, workers=0,
                           seed=1234, deterministic=True, feature_cache="off",
-                          cache_views=2, image_cache="off", compile=True),
+                          cache_views=2, image_cache="off", compile=True, processes=4,
+                          sync_bn=True),
     )
 
 

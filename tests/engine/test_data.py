@@ -1,4 +1,5 @@
-"""Behaviour of studio.engine.data as a user meets it: scanning odd folders, loading odd images.
+"""Behaviour of studio.engine.data and .images as a user meets it: scanning odd folders, loading
+odd images.
 
 Every dataset is a handful of tiny images written into tmp_path, so the file runs in seconds.
 """
@@ -18,18 +19,17 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.engine.data import (
+from studio.engine.data import DatasetScan, scan_folder
+from studio.engine.errors import DatasetError
+from studio.engine.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    DatasetScan,
     FolderDataset,
     Preprocessing,
     build_transforms,
     load_image,
     preprocessing_from_weights,
-    scan_folder,
 )
-from studio.engine.errors import DatasetError
 
 WHITE = (255, 255, 255)
 SIZE = 32  # crop size for transform tests: small enough to be fast

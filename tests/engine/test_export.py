@@ -32,6 +32,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import studio.engine.export as export
+import studio.engine.export.onnx as onnx_exporters
+import studio.engine.export.torch_formats as torch_formats
 from studio.engine.backbones import backbone_info, build_model, list_backbones
 from studio.engine.checkpoint import load_checkpoint
 from studio.engine.config import (
@@ -42,7 +44,6 @@ from studio.engine.config import (
     RunConfig,
     TrainConfig,
 )
-from studio.engine.data import Preprocessing, build_transforms, load_image
 from studio.engine.events import Outcome
 from studio.engine.export import (
     ExportError,
@@ -54,6 +55,7 @@ from studio.engine.export import (
     read_onnx_metadata,
     read_torchscript_extras,
 )
+from studio.engine.images import Preprocessing, build_transforms, load_image
 from studio.engine.runs import rebuild_model
 from studio.engine.trainer import Trainer
 
@@ -65,15 +67,18 @@ WAIT = 120  # seconds: a bound on subprocesses
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory,
             make_tiny_dataset: Callable[..., Path]) -> Path:
-    """A finished tiny run: resnet18, 32 px, 3 epochs on 3 classes × 6 images of 16 px."""
+    """A finished tiny run: resnet18, 32 px, 3 epochs on 3 classes × 6 images of 16 px
+    (cosine schedule, best by val_loss: with a constant rate, or with the first epoch that
+    gets the 3 val images right counted best, a run this small ends wherever its last batch
+    threw it)."""
     root = tmp_path_factory.mktemp("export-run")
     data = make_tiny_dataset(root / "data", per_class=6, size=16)
     config = RunConfig(
         data=DataConfig(root=str(data), image_size=SIZE, augment="none"),
         model=ModelConfig(backbone="resnet18", weights="none"),
-        optim=OptimConfig(lr=1e-3, schedule="none"),
+        optim=OptimConfig(lr=1e-3, schedule="cosine"),
         train=TrainConfig(epochs=3, batch_size=4, workers=0, precision="fp32", device="cpu",
-                          seed=0))
+                          seed=0, monitor="val_loss"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from two busy cores
     try:
@@ -330,7 +335,7 @@ def test_model_card_names_backbone_classes_metrics_and_verification(
     card = (run_dir / "export" / "bundle" / "README.md").read_text(encoding="utf-8")
     assert card.startswith("# resnet18 fine-tuned on 3 classes")
     assert all(f". {name}" in card for name in LABELS)
-    assert "Best epoch" in card and "val_acc" in card
+    assert "Best epoch" in card and "val_loss" in card
     assert "| onnx | `model.onnx` |" in card and "opset 18" in card
     assert card.count("| yes |") == 4 and "python predict.py" in card
 
@@ -407,7 +412,7 @@ def test_dynamo_failure_falls_back_to_the_torchscript_exporter(
     def fails(*args: Any) -> None:
         raise RuntimeError("no decomposition for aten.some_op")
 
-    monkeypatch.setattr(export, "_onnx_dynamo", fails)
+    monkeypatch.setattr(onnx_exporters, "_onnx_dynamo", fails)
     result = export_model_onnx(tiny_net, tmp_path / "m.onnx", 16)
     assert result.verified and result.exporter == "torchscript"
     assert result.attempts[0]["exporter"] == "dynamo"
@@ -417,13 +422,13 @@ def test_dynamo_failure_falls_back_to_the_torchscript_exporter(
 
 def test_a_dynamo_file_that_mismatches_falls_back(tiny_net: nn.Module, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    original = export._onnx_dynamo
+    original = onnx_exporters._onnx_dynamo
 
     def wrong(model: nn.Module, target: Path, *args: Any) -> None:
         original(model, target, *args)
         corrupt_onnx(target)
 
-    monkeypatch.setattr(export, "_onnx_dynamo", wrong)
+    monkeypatch.setattr(onnx_exporters, "_onnx_dynamo", wrong)
     result = export_model_onnx(tiny_net, tmp_path / "m.onnx", 16)
     assert result.verified and result.exporter == "torchscript"
     assert result.attempts[0]["outcome"].startswith("mismatch")
@@ -432,13 +437,13 @@ def test_a_dynamo_file_that_mismatches_falls_back(tiny_net: nn.Module, tmp_path:
 def test_when_every_exporter_mismatches_the_export_fails_and_writes_nothing(
         tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("_onnx_dynamo", "_onnx_torchscript"):
-        original = getattr(export, name)
+        original = getattr(onnx_exporters, name)
 
         def wrong(model: nn.Module, target: Path, *args: Any, _original: Any = original) -> None:
             _original(model, target, *args)
             corrupt_onnx(target)
 
-        monkeypatch.setattr(export, name, wrong)
+        monkeypatch.setattr(onnx_exporters, name, wrong)
     with pytest.raises(ExportError, match="does not match PyTorch") as error:
         export_model_onnx(tiny_net, tmp_path / "m.onnx", 16)
     assert error.value.result is not None and not error.value.result.verified
@@ -448,12 +453,12 @@ def test_when_every_exporter_mismatches_the_export_fails_and_writes_nothing(
 
 def test_a_wrong_torchscript_run_fails_the_export_with_a_report(
         run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = export.run_torchscript
+    original = torch_formats.run_torchscript
 
     def off_by_a_bit(path: Path, batches: list[torch.Tensor]) -> list[np.ndarray]:
         return [logits + 0.01 for logits in original(path, batches)]
 
-    monkeypatch.setattr(export, "run_torchscript", off_by_a_bit)
+    monkeypatch.setattr(torch_formats, "run_torchscript", off_by_a_bit)
     with pytest.raises(ExportError, match="does not match PyTorch.*export_report.json"):
         export_run(run_dir, "torchscript", out=tmp_path)
     assert not (tmp_path / "model.pt").exists()
@@ -483,7 +488,7 @@ def test_what_only_the_dynamo_exporter_can_export_fails_quietly_with_the_other(
 def test_weights_over_the_threshold_go_to_external_data(
         tiny_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         exporter: str) -> None:
-    monkeypatch.setattr(export, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(onnx_exporters, "EXTERNAL_DATA_THRESHOLD", 0)
     out = tmp_path / "out"
     result = export_model_onnx(tiny_net, out / "model.onnx", 16, exporters=[exporter])
     assert result.verified and result.details["external_data"] is True
@@ -500,7 +505,7 @@ def test_weights_over_the_threshold_go_to_external_data(
 
 def test_int8_quantizes_an_external_data_model(tiny_net: nn.Module, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(export, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(onnx_exporters, "EXTERNAL_DATA_THRESHOLD", 0)
     export_model_onnx(tiny_net, tmp_path / "model.onnx", 16)
     assert (tmp_path / "model.onnx.data").is_file()
     result = export.export_int8(tmp_path / "model.onnx", tmp_path / "q" / "model.int8.onnx",

@@ -270,7 +270,7 @@ def test_stop_while_the_cache_is_built_cancels_the_fit(tiny_dataset: Path,
 def test_decoded_images_give_the_eval_tensors_bit_for_bit(tiny_dataset: Path) -> None:
     from torchvision.transforms import v2 as T
 
-    from studio.engine.data import (
+    from studio.engine.images import (
         DecodedDataset,
         FolderDataset,
         Preprocessing,
@@ -309,9 +309,9 @@ def test_training_from_decoded_images_matches_training_from_files(tiny_dataset: 
 
 def test_images_that_do_not_fit_are_read_from_disk(tiny_dataset: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import studio.engine.trainer as trainer
+    import studio.engine.caching as caching
 
-    monkeypatch.setattr(trainer, "image_cache_budget", lambda: 1000)
+    monkeypatch.setattr(caching, "image_cache_budget", lambda: 1000)
     result, recorder = fit(tiny_config(tiny_dataset, epochs=2, feature_cache="off"),
                            tmp_path / "r", kind="images")
     assert result.outcome is Outcome.COMPLETED
@@ -333,7 +333,12 @@ def test_compile_wraps_what_trains(tiny_dataset: Path, tmp_path: Path,
     monkeypatch.setattr(torch, "compile", spy)
     result, _ = fit(tiny_config(tiny_dataset, epochs=2, compile=True), tmp_path / "a")
     assert result.outcome is Outcome.COMPLETED
-    assert compiled == ["ResNet", "TrainableSuffix"]
+    assert compiled == ["TrainableSuffix"]  # features cached: only the suffix runs
+    compiled.clear()
+    result, _ = fit(tiny_config(tiny_dataset, epochs=2, compile=True, feature_cache="off"),
+                    tmp_path / "b")
+    assert result.outcome is Outcome.COMPLETED
+    assert compiled == ["ResNet"]
 
 
 # -- the cache with the trainer's other features ------------------------------------------------

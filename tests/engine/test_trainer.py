@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import studio.engine.trainer as trainer_module
+import studio.engine.parts as parts_module
 from studio.engine.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from studio.engine.config import (
     DataConfig,
@@ -55,7 +55,8 @@ from studio.engine.events import (
     StageStarted,
     WarningIssued,
 )
-from studio.engine.trainer import Trainer, lr_factor
+from studio.engine.optim import lr_factor
+from studio.engine.trainer import Trainer
 
 BACKBONE = "mobilenet_v3_small"
 HEAD = "classifier.3"
@@ -516,7 +517,7 @@ class NaNAfter(nn.Module):
 def test_a_nan_loss_fails_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
         tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         good_batches: int, epoch: int) -> None:
-    monkeypatch.setattr(trainer_module, "make_criterion", lambda train, weights:
+    monkeypatch.setattr(parts_module, "make_criterion", lambda train, weights:
                         NaNAfter(good_batches))
     run = tmp_path / "run"
     result, watch = fit(make_config(tiny_dataset, epochs=3), run)  # 3 batches an epoch

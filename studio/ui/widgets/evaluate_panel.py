@@ -73,6 +73,7 @@ from studio.engine.evaluate import (
     Predictor,
     evaluate_run,
 )
+from studio.engine.runs import RunPaths
 from studio.ui.models.confusion import (
     METRIC_COLUMNS,
     SORT_ROLE,
@@ -111,7 +112,7 @@ def dropped_path(mime: QMimeData | None) -> str | None:
 
 def _predictor_key(run_dir: str, checkpoint: str) -> PredictorKey:
     """A checkpoint rewritten since (a resumed run) gets a fresh model."""
-    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    path = RunPaths(run_dir).checkpoint(checkpoint)
     try:
         stamp = path.stat().st_mtime_ns
     except OSError:

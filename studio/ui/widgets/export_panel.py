@@ -42,8 +42,9 @@ COLUMNS = ("Format", "Files", "Size", "Exporter", "Max |Δlogit|", "Top-1 agreem
 
 
 def run_has_checkpoint(run_dir: str) -> bool:
-    folder = Path(run_dir) / "checkpoints"
-    return (folder / "best.pt").is_file() or (folder / "last.pt").is_file()
+    from studio.engine.runs import RunPaths
+
+    return RunPaths(run_dir).has_checkpoint()
 
 
 class ExportPanel(QWidget):
