@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QSize, QStandardPaths, Qt, QTimer, Slot
+from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 from studio.engine.config import ConfigError, RunConfig
 from studio.engine.errors import StudioError
 from studio.engine.events import FitEnded
+from studio.engine.runs import default_runs_root, new_run_dir
 from studio.ui.project import ProjectModel
 from studio.ui.session import TrainingSession
 from studio.ui.tasks import BackgroundTask
@@ -47,11 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECENT = 8
 STOP_WAIT_MS = 60_000
-
-
-def default_runs_dir() -> Path:
-    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
-    return Path(base or Path.home() / ".finetune-studio") / "runs"
+KILL_WAIT_MS = 5_000  # for killed training processes to be reaped
 
 
 class MainWindow(QMainWindow):
@@ -278,8 +275,8 @@ class MainWindow(QMainWindow):
             self.training_panel.show_problem(problem)
             return
         config = self.project.config
-        runs = Path(self.settings.value("paths/runs_dir", str(default_runs_dir())))
-        run_dir = runs / f"{config.model.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+        runs = Path(self.settings.value("paths/runs_dir", str(default_runs_root())))
+        run_dir = new_run_dir(runs, config.model.backbone)
         self.session.start(config, run_dir)  # the curves keep this run's predecessor, faint
         self.steps.setCurrentRow(self.PAGES.index("Train"))
 
@@ -287,7 +284,7 @@ class MainWindow(QMainWindow):
     def _on_session_running_changed(self, running: bool) -> None:
         # Panels stay usable during a run (edits apply to the next run: the running one has
         # its own copy of the config), so scrolling and reading never wait for training.
-        self.training_panel.set_running(running)
+        self.training_panel.set_running(running, pausable=self.session.can_pause)
 
     @Slot(object)
     def _on_session_warning_issued(self, event: object) -> None:
@@ -449,7 +446,9 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def stop_and_wait(self, milliseconds: int = STOP_WAIT_MS) -> bool:
-        """Stop a running fit and wait for its thread (events keep flowing meanwhile)."""
+        """Stop a running fit and wait for its thread or processes (events keep flowing
+        meanwhile); processes that have not ended by then are killed, so none outlives the
+        window."""
         if not self.session.is_running:
             return True
         self.session.stop()
@@ -458,6 +457,10 @@ class MainWindow(QMainWindow):
         while self.session.is_running and time.monotonic() < deadline:
             QApplication.processEvents()
             self.session.wait(50)
+        if self.session.is_running and self.session.kill():
+            log.warning("the training processes did not stop within %.0f s; killed them",
+                        milliseconds / 1000)
+            self.session.wait(KILL_WAIT_MS)
         QApplication.processEvents()
         return not self.session.is_running
 
@@ -470,7 +473,7 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _update_device_label(self) -> None:
-        from studio.engine.trainer import device_label, pick_device
+        from studio.engine.runtime import device_label, pick_device
 
         try:
             self.status_device.setText(f"device: {device_label(pick_device('auto'))}")

@@ -3,6 +3,10 @@
 House style: a parentless worker QObject moved to a QThread; this GUI-thread session owns both
 and the stop/pause events. Worker signals are connected to the session's own signals (queued),
 so every slot in the window runs on the GUI thread.
+
+A run of several processes (``train.processes`` > 1) cannot run in a thread: it runs as a
+`studio train` child process (a :class:`~studio.ui.process_run.ProcessRun`) whose events arrive
+as JSON lines and leave this session as the very same signals, so the window has one path.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from studio.engine.events import (
     StageStarted,
     WarningIssued,
 )
+from studio.ui.process_run import ProcessRun
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +105,13 @@ class SignalRelay(Callback):
         self.worker.cache_reported.emit(event)
 
 
+RELAYED = ("fit_started", "stage_started", "batch_ended", "epoch_ended", "checkpoint_saved",
+           "warning_issued", "cache_reported")
+
+
 class TrainingSession(QObject):
-    """Start, pause, resume and stop one training run at a time, from the GUI thread."""
+    """Start, pause, resume and stop one training run at a time, from the GUI thread: in a
+    thread for one process, as a child process (torchrun) for several."""
 
     fit_started = Signal(object)
     stage_started = Signal(object)
@@ -120,11 +130,23 @@ class TrainingSession(QObject):
         self._pause = threading.Event()
         self._thread: QThread | None = None
         self._worker: TrainingWorker | None = None
+        self._process: ProcessRun | None = None
         self._result: FitEnded | None = None
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self._process is not None
+
+    @property
+    def can_pause(self) -> bool:
+        """False while several processes train: they can only be stopped (and resumed later)."""
+        return self._process is None
+
+    @property
+    def process_id(self) -> int | None:
+        """The child process of a multi-process run while it runs (torchrun's ranks are below
+        it); None for a run in a thread."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def is_paused(self) -> bool:
@@ -135,14 +157,38 @@ class TrainingSession(QObject):
         return self._stop.is_set()
 
     def start(self, config: RunConfig, run_dir: str | Path) -> None:
-        self._launch(config, str(run_dir), resume=False)
+        if config.train.processes > 1:
+            self._check_idle()
+            self._launch_process(ProcessRun.for_config(config, str(run_dir), self))
+        else:
+            self._launch(config, str(run_dir), resume=False)
 
-    def resume_run(self, run_dir: str | Path) -> None:
-        self._launch(None, str(run_dir), resume=True)
+    def resume_run(self, run_dir: str | Path, processes: int = 1) -> None:
+        """Continue a run from its last completed epoch, in this process or with ``processes``
+        processes."""
+        if processes > 1:
+            self._check_idle()
+            self._launch_process(ProcessRun.for_resume(str(run_dir), processes, self))
+        else:
+            self._launch(None, str(run_dir), resume=True)
+
+    def _check_idle(self) -> None:
+        if self.is_running:
+            raise RuntimeError("a training run is already going")
+
+    def _launch_process(self, run: ProcessRun) -> None:
+        self._stop.clear()
+        self._pause.clear()
+        self._result = None
+        for name in RELAYED:
+            getattr(run, name).connect(getattr(self, name))
+        run.ended.connect(self._on_process_run_ended)
+        self._process = run
+        self.running_changed.emit(True)  # first: Qt may report a failed start inside start()
+        run.start()
 
     def _launch(self, config: RunConfig | None, run_dir: str, resume: bool) -> None:
-        if self._thread is not None:
-            raise RuntimeError("a training run is already going")
+        self._check_idle()
         self._stop.clear()
         self._pause.clear()
         self._result = None
@@ -150,8 +196,7 @@ class TrainingSession(QObject):
         thread.setObjectName("studio-training")
         worker = TrainingWorker(config, run_dir, self._stop, self._pause, resume)
         worker.moveToThread(thread)
-        for name in ("fit_started", "stage_started", "batch_ended", "epoch_ended",
-                     "checkpoint_saved", "warning_issued", "cache_reported"):
+        for name in RELAYED:
             getattr(worker, name).connect(getattr(self, name))
         worker.finished.connect(self._on_worker_finished)
         thread.started.connect(worker.run)
@@ -161,13 +206,27 @@ class TrainingSession(QObject):
         self.running_changed.emit(True)
 
     def stop(self) -> None:
-        """Ask the run to stop; it answers within one batch (a paused run wakes to stop)."""
+        """Ask the run to stop; it answers within one batch (a paused run wakes to stop).
+        Several processes get SIGTERM and every rank finishes its batch (up to ~30 s)."""
         self._stop.set()
+        if self._process is not None:
+            self._process.terminate()
         if self._pause.is_set():
             self._pause.clear()
             self.paused_changed.emit(False)
 
+    def kill(self) -> bool:
+        """End a multi-process run at once (every process under it too), for closing the
+        window when it did not stop in time; True when there was one. A thread cannot be
+        killed: it is left to stop."""
+        if self._process is None:
+            return False
+        self._stop.set()
+        self._process.kill()
+        return True
+
     def pause(self) -> None:
+        """Pause after the current batch; not possible while several processes train."""
         if self._thread is not None and not self._pause.is_set():
             self._pause.set()
             self.paused_changed.emit(True)
@@ -178,7 +237,10 @@ class TrainingSession(QObject):
             self.paused_changed.emit(False)
 
     def wait(self, milliseconds: int = 30_000) -> bool:
-        """Block until the thread has ended (for closing the window); True when it has."""
+        """Block until the thread or process has ended (for closing the window); True when it
+        has."""
+        if self._process is not None:
+            return self._process.wait(milliseconds)
         thread = self._thread
         return True if thread is None else thread.wait(milliseconds)
 
@@ -202,3 +264,12 @@ class TrainingSession(QObject):
             self.paused_changed.emit(False)
         if self._result is not None:
             self.finished.emit(self._result)
+
+    @Slot(object)
+    def _on_process_run_ended(self, result: FitEnded) -> None:
+        run = self._process
+        self._process = None
+        if run is not None:
+            run.deleteLater()
+        self.running_changed.emit(False)
+        self.finished.emit(result)

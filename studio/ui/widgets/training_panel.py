@@ -8,6 +8,7 @@ mirrors it back without feedback loops. It does not own the TrainingSession: the
 from __future__ import annotations
 
 import html
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ class DeviceInfo:
     auto_precision: str  # what precision "auto" picks there
     cuda: bool
     mps: bool
+    gpus: int = 0  # CUDA GPUs: at most one training process each
 
 
 def probe_devices() -> DeviceInfo:
@@ -81,7 +83,7 @@ def probe_devices() -> DeviceInfo:
     GUI thread unless the trainer module is already loaded."""
     import torch
 
-    from studio.engine.trainer import pick_device, pick_precision
+    from studio.engine.runtime import pick_device, pick_precision
 
     device = pick_device("auto")
     if device.type == "cuda":
@@ -91,7 +93,9 @@ def probe_devices() -> DeviceInfo:
     else:
         name = "CPU"
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return DeviceInfo(name, pick_precision("auto", device), torch.cuda.is_available(), mps)
+    cuda = torch.cuda.is_available()
+    return DeviceInfo(name, pick_precision("auto", device), cuda, mps,
+                      torch.cuda.device_count() if cuda else 0)
 
 
 _device_info: DeviceInfo | None = None
@@ -152,6 +156,32 @@ def _plural(count: int, word: str, plural: str = "") -> str:
     return f"{count:,} {word if count == 1 else plural or word + 's'}"
 
 
+def processes_limit(device: str, info: DeviceInfo | None) -> int:
+    """The most training processes this machine runs for ``device``: one per GPU on CUDA,
+    one per core on the CPU."""
+    cores = os.cpu_count() or 1
+    if info is None:
+        return max(1, cores)  # not probed yet
+    on_gpu = device == "cuda" or (device == "auto" and info.cuda)
+    return max(1, info.gpus if on_gpu and info.cuda else cores)
+
+
+def processes_hint(processes: int, device: str, info: DeviceInfo | None) -> str:
+    """What ``processes`` processes on ``device`` mean, in a few words."""
+    if processes <= 1:
+        return "one process"
+    if device == "mps":
+        return "several processes run on CUDA GPUs or the CPU, not on Apple MPS"
+    if device == "auto" and info is None:
+        return f"{processes} processes; batch size is per process"
+    if device == "cuda" or (device == "auto" and info is not None and info.cuda):
+        if info is not None and processes > info.gpus:
+            return (f"{processes} processes need {processes} GPUs, one each; this machine has "
+                    f"{_plural(info.gpus, 'GPU')}")
+        return f"{processes} processes, one per GPU (NCCL); batch size is per process"
+    return f"{processes} CPU processes (gloo); batch size is per process"
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     """One setting: its widget, where it lives in the config, and how to read/write it."""
@@ -210,6 +240,7 @@ class TrainingPanel(QWidget):
         self._steps = 0
         self._best_val_acc: tuple[float, int] | None = None  # (accuracy 0–1, epoch)
         self._run_dir = ""
+        self._device_info: DeviceInfo | None = None
 
         self._build_settings()
         self._build_controls(with_shortcuts)
@@ -267,6 +298,13 @@ class TrainingPanel(QWidget):
         self.device_hint.setToolTip("What auto picks on this machine.")
         self.device_hint.setStyleSheet(f"color: {MUTED_COLOR};")
         self.device_hint.setWordWrap(True)
+        self.processes_spin = _spin(1, processes_limit("auto", None), "Processes training "
+                                    "together on this machine: one per GPU on CUDA, or CPU "
+                                    "processes. Each takes its own batch of the batch size.")
+        self.processes_hint = QLabel("one process")
+        self.processes_hint.setToolTip("How the processes share the work.")
+        self.processes_hint.setStyleSheet(f"color: {MUTED_COLOR};")
+        self.processes_hint.setWordWrap(True)
         self.early_stopping_spin = _spin(0, 1000, "Stop when the monitored metric has not "
                                          "improved for this many epochs; off trains them all.",
                                          special="off", suffix=" epochs")
@@ -294,6 +332,8 @@ class TrainingPanel(QWidget):
         form.addRow("Precision", self.precision_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("", self.device_hint)
+        form.addRow("Processes", self.processes_spin)
+        form.addRow("", self.processes_hint)
         form.addRow("Early stopping", self.early_stopping_spin)
         form.addRow("Seed", self.seed_spin)
         form.addRow("Feature cache", self.feature_cache_combo)
@@ -331,6 +371,7 @@ class TrainingPanel(QWidget):
             spin("Warm-up", self.warmup_spin, "optim", "warmup_epochs"),
             combo("Precision", self.precision_combo, "train", "precision"),
             combo("Device", self.device_combo, "train", "device"),
+            spin("Processes", self.processes_spin, "train", "processes"),
             spin("Early stopping", self.early_stopping_spin, "train", "early_stopping"),
             spin("Seed", self.seed_spin, "train", "seed"),
             combo("Feature cache", self.feature_cache_combo, "train", "feature_cache"),
@@ -454,9 +495,14 @@ class TrainingPanel(QWidget):
     def _show_config(self, config: RunConfig) -> None:
         """Put the config's values in the widgets without echoing them back as edits."""
         with _signals_blocked([field.widget for field in self._fields]):
+            # a project from a bigger machine shows its own count, not this machine's limit
+            self.processes_spin.setMaximum(max(config.train.processes, processes_limit(
+                config.train.device, self._device_info)))
             for field in self._fields:
                 field.write(getattr(getattr(config, field.section), field.name))
         self.warmup_spin.setEnabled(config.optim.schedule != "onecycle")
+        self.processes_hint.setText(processes_hint(config.train.processes, config.train.device,
+                                                   self._device_info))
 
     @Slot(object)
     def _on_project_config_changed(self, config: RunConfig) -> None:
@@ -487,6 +533,8 @@ class TrainingPanel(QWidget):
         self._show_device_info(info)
 
     def _show_device_info(self, info: DeviceInfo) -> None:
+        self._device_info = info
+        self._show_config(self._project.config)  # the processes' limit and hint depend on it
         self.device_hint.setText(f"auto → {info.auto_device} · {info.auto_precision}")
         self.device_hint.setToolTip(f"On this machine auto trains on {info.auto_device} "
                                     f"with {info.auto_precision} precision.")
@@ -502,15 +550,18 @@ class TrainingPanel(QWidget):
 
     # -- controls -------------------------------------------------------------------------
 
-    def set_running(self, running: bool) -> None:
-        """Lock the settings and offer Pause/Stop while a run is going."""
+    def set_running(self, running: bool, pausable: bool = True) -> None:
+        """Lock the settings and offer Pause/Stop while a run is going (Stop only, when the
+        run cannot pause: several processes)."""
         self._running = running
         self._settings_box.setEnabled(not running)
         self.train_button.setEnabled(not running)
-        self.pause_button.setEnabled(running)
+        self.pause_button.setEnabled(running and pausable)
         self.stop_button.setEnabled(running)
-        if not running:
-            self.set_paused(False)
+        self.set_paused(False)  # also puts back the tooltip of a pausable run
+        if running and not pausable:
+            self.pause_button.setToolTip("Several processes cannot pause; Stop keeps the last "
+                                         "finished epoch, and the run can be resumed.")
 
     def set_paused(self, paused: bool) -> None:
         self._paused = paused
