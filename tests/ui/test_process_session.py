@@ -314,8 +314,7 @@ def test_the_processes_field_edits_the_config_and_says_what_it_means(qtbot, monk
     panel.processes_spin.setValue(2)
     assert project.config.train.processes == min(2, panel.processes_spin.maximum())
     if project.config.train.processes == 2:
-        assert panel.processes_hint.text() == ("2 CPU processes (gloo); batch size is per "
-                                               "process")
+        assert panel.processes_hint.text() == "2 CPU processes (gloo), a batch each"
 
     monkeypatch.setattr(training_panel, "_device_info",
                         DeviceInfo("NVIDIA H100", "bf16", cuda=True, mps=False, gpus=2))
@@ -323,8 +322,7 @@ def test_the_processes_field_edits_the_config_and_says_what_it_means(qtbot, monk
     gpu_panel = TrainingPanel(gpu_project, with_shortcuts=False)
     qtbot.addWidget(gpu_panel)
     assert gpu_panel.processes_spin.maximum() == 2  # one process per GPU
-    assert gpu_panel.processes_hint.text() == ("2 processes, one per GPU (NCCL); batch size is "
-                                               "per process")
+    assert gpu_panel.processes_hint.text() == "2 GPUs (NCCL), a batch each"
     gpu_panel.set_running(True, pausable=False)
     assert not gpu_panel.pause_button.isEnabled() and gpu_panel.stop_button.isEnabled()
     gpu_panel.set_running(False)

@@ -173,13 +173,13 @@ def processes_hint(processes: int, device: str, info: DeviceInfo | None) -> str:
     if device == "mps":
         return "several processes run on CUDA GPUs or the CPU, not on Apple MPS"
     if device == "auto" and info is None:
-        return f"{processes} processes; batch size is per process"
+        return f"{processes} processes, a batch each"
     if device == "cuda" or (device == "auto" and info is not None and info.cuda):
         if info is not None and processes > info.gpus:
             return (f"{processes} processes need {processes} GPUs, one each; this machine has "
                     f"{_plural(info.gpus, 'GPU')}")
-        return f"{processes} processes, one per GPU (NCCL); batch size is per process"
-    return f"{processes} CPU processes (gloo); batch size is per process"
+        return f"{processes} GPUs (NCCL), a batch each"
+    return f"{processes} CPU processes (gloo), a batch each"
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,7 +616,8 @@ class TrainingPanel(QWidget):
         self.run_info_label.setText(
             f"{event.device} · {event.precision} · {event.train_images:,} train / "
             f"{event.val_images:,} val images · {_plural(len(event.classes), 'class', 'classes')}"
-            f" · {trainable}")
+            f" · {trainable}"
+            f"{f' · {event.processes} processes' if event.processes > 1 else ''}")
         self.run_info_label.setVisible(True)
         self._caches = {}
         self.cache_label.setVisible(False)
