@@ -81,11 +81,16 @@ class DatasetScan:
         weights = counts.sum() / (len(counts) * counts.clamp(min=1))
         return (weights / weights.mean()).float()
 
+    def sample_weights(self) -> list[float]:
+        """Per training sample, one over its class's count: drawn by these weights, every
+        class comes up equally often."""
+        counts = list(self.counts()["train"].values())
+        return [1.0 / counts[s.label] for s in self.splits["train"]]
+
     def weighted_sampler(self, generator: torch.Generator | None = None) -> WeightedRandomSampler:
         """A sampler that draws every class equally often from the training split."""
-        counts = list(self.counts()["train"].values())
-        per_sample = [1.0 / counts[s.label] for s in self.splits["train"]]
-        return WeightedRandomSampler(per_sample, num_samples=len(per_sample), replacement=True,
+        weights = self.sample_weights()
+        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
                                      generator=generator)
 
     def to_json(self) -> dict[str, Any]:

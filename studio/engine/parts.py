@@ -181,7 +181,8 @@ def build_parts(config: RunConfig, scan: DatasetScan | None = None,
         criterion=make_criterion(cfg.train, weights).to(device),
         train_sampler=placement.wrap_sampler(
             len(train_samples), shuffle=True, seed=cfg.train.seed,
-            weights=_balanced_weights(scan) if cfg.data.balance == "sampler" else None),
+            weights=(torch.tensor(scan.sample_weights()) if cfg.data.balance == "sampler"
+                     else None)),
         val_sampler=placement.wrap_sampler(len(val_samples), shuffle=False),
         loader_settings={"pin_memory": device.type == "cuda",
                          **loader_workers(cfg.train.workers)},
@@ -193,12 +194,6 @@ def build_parts(config: RunConfig, scan: DatasetScan | None = None,
                        FolderDataset(val_samples, build_transforms(prep)))
     parts.enter_stage(epoch)
     return parts
-
-
-def _balanced_weights(scan: DatasetScan) -> list[float]:
-    """Per training sample: one over its class's count, so every class is drawn equally."""
-    counts = list(scan.counts()["train"].values())
-    return [1.0 / counts[s.label] for s in scan.splits["train"]]
 
 
 def check_plan(parts: Parts) -> None:
