@@ -31,11 +31,25 @@ from studio.engine.events import event_from_line
 from studio.engine.runs import read_metrics
 
 WAIT = 180  # seconds: a bound on each launch, never a sleep
+ROOT = Path(__file__).resolve().parents[1]  # the processes import this checkout's studio
 
 MODEL = ["--backbone", "resnet18", "--weights", "none", "--image-size", "16", "--augment",
          "none", "--precision", "fp32", "--workers", "0", "--val-fraction", "0.25"]
 TINY = [*MODEL, "--device", "cpu"]
-BN_FROZEN = ["--freeze", "*bn*", "--freeze", "*downsample.1*", "--schedule", "none"]
+BN = ("*bn*", "*downsample.1*")  # resnet18's BatchNorm layers
+
+
+def staged_config(tmp_path: Path) -> Path:
+    """BatchNorm frozen throughout; the stem and layer1 frozen in epoch 1 and layer1 unfrozen
+    from epoch 2, so the model must be wrapped anew for DDP to reduce layer1's gradients."""
+    from studio.engine.config import FreezeSpec, OptimConfig, StageSpec
+
+    config = RunConfig(freeze=FreezeSpec(freeze=(*BN, "conv1", "layer1")),
+                       stages=(StageSpec(epoch=2, freeze=FreezeSpec(freeze=(*BN, "conv1"))),),
+                       optim=OptimConfig(schedule="none"))
+    path = tmp_path / "staged.toml"
+    config.save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +62,9 @@ class Launch:
     """`python -m studio ARGS` in its own session, its stderr read line by line."""
 
     def __init__(self, args: list[str], cwd: Path, torchrun: list[str] | None = None) -> None:
-        env = dict(os.environ, STUDIO_TEST_TAG=uuid.uuid4().hex, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, STUDIO_TEST_TAG=uuid.uuid4().hex, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
+                                                            os.environ.get("PYTHONPATH")])))
         self.tag = env["STUDIO_TEST_TAG"]
         LAUNCHED.append(self)
         launcher = ["-m", "torch.distributed.run", *torchrun, "-m"] if torchrun else ["-m"]
@@ -147,14 +163,14 @@ def test_two_machines_with_batch_b_match_one_process_with_batch_2b(
     """Two "machines" on localhost meet through the c10d rendezvous, one process each, batch
     6: the first through `studio train --nnodes 2`, the second through torchrun by hand. One
     process alone, batch 12. BatchNorm is frozen, so the runs see the same global batches and
-    must end at the same weights (fp32 tolerance), and validation counts each of the 12 val
-    images once."""
+    must end at the same weights (fp32 tolerance), through a stage that unfreezes layer1;
+    validation counts each of the 12 val images once."""
     alone, together = tmp_path / "alone", tmp_path / "together"
-    assert main(["train", "--data", str(data), *TINY, *BN_FROZEN, "--epochs", "2",
-                 "--batch-size", "12", "--out", str(alone)]) == 0
+    staged = ["--config", str(staged_config(tmp_path)), "--data", str(data), *TINY,
+              "--epochs", "2"]
+    assert main(["train", *staged, "--batch-size", "12", "--out", str(alone)]) == 0
     endpoint = f"127.0.0.1:{free_port()}"
-    run = ["--data", str(data), *TINY, *BN_FROZEN, "--epochs", "2", "--batch-size", "6",
-           "--out", str(together)]
+    run = [*staged, "--batch-size", "6", "--out", str(together)]
     nodes = [Launch([*run, "--nnodes", "2", "--node-rank", "0", "--nproc-per-node", "1",
                      "--rdzv-endpoint", endpoint], tmp_path),
              Launch(run, tmp_path, torchrun=[
@@ -162,7 +178,7 @@ def test_two_machines_with_batch_b_match_one_process_with_batch_2b(
                  "--rdzv-endpoint", endpoint, "--rdzv-id", "finetune-studio",
                  "--rdzv-conf", "is_host=0"])]
     codes = [node.finish(others=nodes) for node in nodes]
-    assert codes == [0, 0], [node.stderr[-5:] for node in nodes]
+    assert codes == [0, 0], "\n\n".join("\n".join(node.stderr[-40:]) for node in nodes)
 
     one = load_checkpoint(alone / "checkpoints" / "last.pt")
     two = load_checkpoint(together / "checkpoints" / "last.pt")
@@ -171,8 +187,11 @@ def test_two_machines_with_batch_b_match_one_process_with_batch_2b(
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=5e-5,
                                    msg=lambda m, key=key: f"{key}: {m}")
-    frozen = [k for k in one["model"] if ".bn" in k or k.startswith("bn1")]
+    frozen = [k for k in one["model"] if ".bn" in k or k.startswith(("bn1", "conv1"))]
     assert frozen and all(torch.equal(one["model"][k], two["model"][k]) for k in frozen)
+    stages = [r for r in read_metrics(together) if r["event"] == "stage"]
+    assert [s["epoch"] for s in stages] == [1, 2]
+    assert stages[1]["trainable_params"] > stages[0]["trainable_params"]
     for a, b in zip(epochs_of(alone), epochs_of(together), strict=True):
         assert b["val_images"] == a["val_images"] == 12
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4, abs=1e-6)

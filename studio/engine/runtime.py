@@ -11,6 +11,7 @@ the others instead of hanging them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing
@@ -290,7 +291,11 @@ class Placement:
                                                    for other in everyone))
 
     def close(self) -> None:
+        """Leave the process group together: a rank that tears its connections down while
+        another is still in a collective can abort that one on its way out."""
         if self.distributed and dist.is_initialized():
+            with contextlib.suppress(Exception):  # a peer is gone already: leave anyway
+                dist.barrier(group=self._control)
             dist.destroy_process_group()
 
 
