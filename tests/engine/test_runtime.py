@@ -145,3 +145,24 @@ def test_the_probe_finds_parameters_without_a_gradient_and_changes_nothing() -> 
     assert torch.equal(rng, torch.get_rng_state())
     model.spare.requires_grad_(False)
     assert unused_trainable(model, torch.randn(2, 4)) == []
+
+
+def test_sync_bn_turns_batchnorm_into_syncbatchnorm_with_the_same_state_names(
+        tiny_dataset: object) -> None:
+    """Only with several processes (alone there is nothing to synchronise); the checkpoint keys
+    stay those of the plain model, so evaluate and export rebuild it as usual."""
+    from studio.engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from studio.engine.parts import build_parts
+
+    config = RunConfig(data=DataConfig(root=str(tiny_dataset), image_size=16, augment="none"),
+                       model=ModelConfig(backbone="resnet18", weights="none"),
+                       train=TrainConfig(sync_bn=True, device="cpu", workers=0))
+    alone = build_parts(config)
+    two = build_parts(config, placement=Placement(torch.device("cpu"), rank=1, world_size=2))
+    kinds = {type(m).__name__ for m in two.model.modules()}
+    assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in alone.model.modules())
+    assert list(two.model.state_dict()) == list(alone.model.state_dict())
+    assert len(two.train_sampler) == math.ceil(len(alone.train_sampler) / 2)  # rank 1's half
+    alone.close()
+    two.close()
