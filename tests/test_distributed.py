@@ -287,3 +287,15 @@ def test_more_processes_than_gpus_is_refused(data: Path, tmp_path: Path,
                  "--nproc-per-node", "2", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 1 and "2 processes" in err and "1 CUDA GPU" in err, err
+
+
+def test_an_error_on_rank_0_is_told_once(data: Path, tmp_path: Path) -> None:
+    """The run folder cannot be made (its parent is a file): rank 0 says so, the other rank
+    ends with the same error without repeating it, and the launcher adds nothing."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    launch = Launch(["--data", str(data), *TINY, "--epochs", "1", "--nproc-per-node", "2",
+                     "--out", str(blocker / "run")], tmp_path)
+    assert launch.finish() == 1
+    errors = [line for line in launch.stderr if "error" in line.lower()]
+    assert len(errors) == 1 and "cannot be written" in errors[0], launch.stderr

@@ -111,8 +111,8 @@ def launch(argv: list[str], args: argparse.Namespace, processes: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    if not args.verbose:  # torchrun's agent logs every start and stop at WARNING
-        logging.getLogger("torch.distributed").setLevel(logging.ERROR)
+    if not args.verbose:  # torchrun's agent logs starts, stops and failures; we say them once
+        logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
     cores = os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))
     options = ["--nproc-per-node", str(processes), "--max-restarts", "0"]
@@ -139,10 +139,13 @@ def launch(argv: list[str], args: argparse.Namespace, processes: int) -> int:
 
 
 def report_failure(failures: dict[int, Any]) -> int:
-    """One sentence naming the process that failed first (the others were stopped by it)."""
+    """One sentence naming the process that failed first (the others were stopped by it),
+    unless it ended with an error it has already told (exit code 1)."""
     if all(f.exitcode == CANCELLED for f in failures.values()):
         return CANCELLED
     rank, first = min(failures.items(), key=lambda item: item[1].timestamp)
+    if first.exitcode == EXIT_ERROR:  # a sentence of its own is above; the others followed it
+        return EXIT_ERROR
     if first.exitcode < 0:
         how = f"was killed by {first.signal_name()}"
     else:

@@ -269,7 +269,7 @@ def _fit(args: argparse.Namespace, config: Any) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         placement.close()
-    if not placement.is_main and result.outcome is Outcome.FAILED:
+    if not placement.is_main and result.outcome is Outcome.FAILED and not trainer.told_by_main:
         print(f"error: rank {placement.rank}: {result.message}", file=sys.stderr)
     if result.outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
         return EXIT_OK

@@ -256,7 +256,7 @@ class Placement:
                 result = (None, str(error))
         value, error = self.broadcast_object(result)
         if error is not None:
-            raise StudioError(error)
+            raise (StudioError if self.is_main else MainRankError)(error)
         return value
 
     def broadcast_object(self, value: Any) -> Any:
@@ -297,6 +297,11 @@ class Placement:
             with contextlib.suppress(Exception):  # a peer is gone already: leave anyway
                 dist.barrier(group=self._control)
             dist.destroy_process_group()
+
+
+class MainRankError(StudioError):
+    """Rank 0's error, raised on the other ranks too so that they end with it (rank 0 has
+    already told the user)."""
 
 
 def backend_for(device: torch.device) -> str:

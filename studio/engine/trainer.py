@@ -59,7 +59,7 @@ from studio.engine.runs import (
     create_run_folder,
     read_resume_checkpoint,
 )
-from studio.engine.runtime import Placement, device_label, seed_everything
+from studio.engine.runtime import MainRankError, Placement, device_label, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Trainer:
         self.state = FitState()
         self.parts: Parts | None = None
         self._ends: dict[str, Any] = {}  # facts for the fit_end record (replicas)
+        self.told_by_main = False  # the failure was rank 0's, and rank 0 reported it
         self._started = time.monotonic()
 
     @classmethod
@@ -128,6 +129,7 @@ class Trainer:
             self._setup()
             return self._loop(stop, pause)
         except StudioError as error:
+            self.told_by_main = isinstance(error, MainRankError)
             return self._end(Outcome.FAILED, str(error))
         except Exception as error:  # a bug or a lost process, not a user error: log it
             log.exception("training failed")
