@@ -21,13 +21,14 @@ from PySide6.QtWidgets import QMessageBox
 
 from studio.engine.config import DataConfig, FreezeSpec, ModelConfig, RunConfig, TrainConfig
 from studio.engine.events import EpochEnded, FitEnded, FitStarted, Outcome, event_to_line
+from studio.ui import devices
+from studio.ui.devices import DeviceInfo
 from studio.ui.main_window import MainWindow
 from studio.ui.process_run import ProcessRun, process_tree
 from studio.ui.project import ProjectModel
 from studio.ui.session import TrainingSession
-from studio.ui.widgets import training_panel
 from studio.ui.widgets.curves_panel import CurvesPanel
-from studio.ui.widgets.training_panel import DeviceInfo, TrainingPanel
+from studio.ui.widgets.training_panel import TrainingPanel
 
 RUN_TIMEOUT_MS = 120_000
 
@@ -67,7 +68,7 @@ def data(make_tiny_dataset: Callable[..., Path], tmp_path_factory: pytest.TempPa
 @pytest.fixture(autouse=True)
 def known_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Train page's device probe: a CPU machine (tests that care say otherwise)."""
-    monkeypatch.setattr(training_panel, "_device_info",
+    monkeypatch.setattr(devices, "_device_info",
                         DeviceInfo("CPU", "fp32", cuda=False, mps=False))
 
 
@@ -316,7 +317,7 @@ def test_the_processes_field_edits_the_config_and_says_what_it_means(qtbot, monk
     if project.config.train.processes == 2:
         assert panel.processes_hint.text() == "2 CPU processes (gloo), a batch each"
 
-    monkeypatch.setattr(training_panel, "_device_info",
+    monkeypatch.setattr(devices, "_device_info",
                         DeviceInfo("NVIDIA H100", "bf16", cuda=True, mps=False, gpus=2))
     gpu_project = ProjectModel(RunConfig(train=TrainConfig(device="auto", processes=2)))
     gpu_panel = TrainingPanel(gpu_project, with_shortcuts=False)

@@ -10,15 +10,17 @@ from PySide6.QtCore import Qt, QUrl
 
 from studio.engine.config import RunConfig, TrainConfig
 from studio.engine.events import BatchEnded, EpochEnded, FitEnded, FitStarted, Outcome
+from studio.ui import devices
+from studio.ui.devices import DeviceInfo
 from studio.ui.project import ProjectModel
 from studio.ui.widgets import training_panel
-from studio.ui.widgets.training_panel import DeviceInfo, TrainingPanel, format_duration
+from studio.ui.widgets.training_panel import TrainingPanel, format_duration
 
 
 @pytest.fixture(autouse=True)
 def known_device(monkeypatch) -> None:
     """Skip the torch probe: tests decide what "auto" finds on this machine."""
-    monkeypatch.setattr(training_panel, "_device_info",
+    monkeypatch.setattr(devices, "_device_info",
                         DeviceInfo("CPU", "fp32", cuda=False, mps=False))
 
 
@@ -87,7 +89,7 @@ def test_device_hint_says_what_auto_picks(panel: TrainingPanel) -> None:
 
 
 def test_probe_devices_names_what_auto_picks() -> None:
-    info = training_panel.probe_devices()
+    info = devices.probe_devices()
     assert info.auto_device == "CPU" or info.cuda or info.mps
     assert info.auto_precision in ("fp32", "bf16", "fp16")
 
