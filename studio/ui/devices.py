@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from PySide6.QtCore import QCoreApplication
 
 from studio.ui.tasks import BackgroundTask
+from studio.ui.text import plural
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +90,6 @@ def processes_hint(processes: int, device: str, info: DeviceInfo | None) -> str:
     if device == "cuda" or (device == "auto" and info is not None and info.cuda):
         if info is not None and processes > info.gpus:
             return (f"{processes} processes need {processes} GPUs, one each; this machine has "
-                    f"{_plural(info.gpus, 'GPU')}")
+                    f"{plural(info.gpus, 'GPU')}")
         return f"{processes} GPUs (NCCL), a batch each"
     return f"{processes} CPU processes (gloo), a batch each"
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word if count == 1 else word + 's'}"

@@ -16,3 +16,8 @@ def sentence(message: str) -> str:
     if "_" not in first and "." not in first and "/" not in first:
         message = message[0].upper() + message[1:]
     return message if message[-1] in ".!?" else message + "."
+
+
+def plural(count: int, word: str, plural: str = "") -> str:
+    """``1 class``, ``3 classes``, ``12,000 images``."""
+    return f"{count:,} {word if count == 1 else plural or word + 's'}"

@@ -8,14 +8,11 @@ mirrors it back without feedback loops. It does not own the TrainingSession: the
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QUrl, Signal, Slot
+from PySide6.QtCore import Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
@@ -49,6 +46,8 @@ from studio.ui.devices import (
     request_device_info,
 )
 from studio.ui.project import ProjectModel
+from studio.ui.text import plural
+from studio.ui.widgets.form import Field, make_combo, make_spin, signals_blocked
 
 ERROR_COLOR = "#b00020"
 MUTED_COLOR = "#6b6b6b"
@@ -72,16 +71,6 @@ OUTCOME_ICONS = {
 # -- small helpers ----------------------------------------------------------------------------
 
 
-@contextmanager
-def _signals_blocked(widgets: list[QObject]) -> Iterator[None]:
-    previous = [widget.blockSignals(True) for widget in widgets]
-    try:
-        yield
-    finally:
-        for widget, was in zip(widgets, previous, strict=True):
-            widget.blockSignals(was)
-
-
 def format_duration(seconds: float) -> str:
     """1:23, 12:03, 1:02:03."""
     total = max(0, round(seconds))
@@ -96,46 +85,6 @@ def _sentence(text: str) -> str:
         return text
     text = text[0].upper() + text[1:]
     return text if text[-1] in ".!?" else text + "."
-
-
-def _plural(count: int, word: str, plural: str = "") -> str:
-    return f"{count:,} {word if count == 1 else plural or word + 's'}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    """One setting: its widget, where it lives in the config, and how to read/write it."""
-
-    label: str
-    widget: QWidget
-    section: str
-    name: str
-    read: Callable[[], Any]
-    write: Callable[[Any], None]
-
-
-def _combo(choices: tuple[tuple[str, str], ...], tooltip: str) -> QComboBox:
-    combo = QComboBox()
-    for text, value in choices:
-        combo.addItem(text, value)
-    combo.setToolTip(tooltip)
-    return combo
-
-
-def _spin(low: int, high: int, tooltip: str, step: int = 1, special: str = "",
-          suffix: str = "") -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setSingleStep(step)
-    spin.setKeyboardTracking(False)  # one edit when typing is done, not one per digit
-    spin.setGroupSeparatorShown(True)
-    spin.setAccelerated(True)
-    if special:
-        spin.setSpecialValueText(special)
-    if suffix:
-        spin.setSuffix(suffix)
-    spin.setToolTip(tooltip)
-    return spin
 
 
 # -- the panel --------------------------------------------------------------------------------
@@ -192,16 +141,16 @@ class TrainingPanel(QWidget):
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         form.setHorizontalSpacing(10)
 
-        self.epochs_spin = _spin(1, 100_000, "How many passes over the training images.")
-        self.batch_size_spin = _spin(1, 65_536, "Images per optimizer step; lower it if memory "
-                                     "runs out.", step=8)
-        self.image_size_spin = _spin(0, 2048, "Side of the square the images are resized to; "
-                                     "auto uses the backbone weights' own size.", step=32,
-                                     special="auto", suffix=" px")
-        self.optimizer_combo = _combo(OPTIMIZER_CHOICES, "The optimizer: AdamW is a good "
-                                      "default for fine-tuning, SGD with momentum a classic.")
-        self.schedule_combo = _combo(SCHEDULE_CHOICES, "How the learning rate changes over "
-                                     "the run (warm-up first, if set).")
+        self.epochs_spin = make_spin(1, 100_000, "How many passes over the training images.")
+        self.batch_size_spin = make_spin(1, 65_536, "Images per optimizer step; lower it if memory "
+                                          "runs out.", step=8)
+        self.image_size_spin = make_spin(0, 2048, "Side of the square the images are resized to; "
+                                          "auto uses the backbone weights' own size.", step=32,
+                                          special="auto", suffix=" px")
+        self.optimizer_combo = make_combo(OPTIMIZER_CHOICES, "The optimizer: AdamW is a good "
+                                           "default for fine-tuning, SGD with momentum a classic.")
+        self.schedule_combo = make_combo(SCHEDULE_CHOICES, "How the learning rate changes over "
+                                          "the run (warm-up first, if set).")
         self.warmup_spin = QDoubleSpinBox()
         self.warmup_spin.setRange(0.0, 1000.0)
         self.warmup_spin.setDecimals(1)
@@ -211,35 +160,35 @@ class TrainingPanel(QWidget):
         self.warmup_spin.setSuffix(" epochs")
         self.warmup_spin.setToolTip("Epochs over which the learning rate ramps up from near "
                                     "zero (one-cycle has its own warm-up).")
-        self.precision_combo = _combo(PRECISION_CHOICES, "Number format: bf16/fp16 are faster "
-                                      "on GPUs; auto picks the best this device supports.")
-        self.device_combo = _combo(DEVICE_CHOICES, "Where training runs; auto prefers a GPU.")
+        self.precision_combo = make_combo(PRECISION_CHOICES, "Number format: bf16/fp16 are faster "
+                                           "on GPUs; auto picks the best this device supports.")
+        self.device_combo = make_combo(DEVICE_CHOICES, "Where training runs; auto prefers a GPU.")
         self.device_hint = QLabel("checking…")
         self.device_hint.setToolTip("What auto picks on this machine.")
         self.device_hint.setStyleSheet(f"color: {MUTED_COLOR};")
         self.device_hint.setWordWrap(True)
-        self.processes_spin = _spin(1, processes_limit("auto", None), "Processes training "
-                                    "together on this machine: one per GPU on CUDA, or CPU "
-                                    "processes. Each takes its own batch of the batch size.")
+        self.processes_spin = make_spin(1, processes_limit("auto", None), "Processes training "
+                                         "together on this machine: one per GPU on CUDA, or CPU "
+                                         "processes. Each takes its own batch of the batch size.")
         self.processes_hint = QLabel("one process")
         self.processes_hint.setToolTip("How the processes share the work.")
         self.processes_hint.setStyleSheet(f"color: {MUTED_COLOR};")
         self.processes_hint.setWordWrap(True)
-        self.early_stopping_spin = _spin(0, 1000, "Stop when the monitored metric has not "
-                                         "improved for this many epochs; off trains them all.",
-                                         special="off", suffix=" epochs")
-        self.seed_spin = _spin(0, 2**31 - 1, "Seed of the random split, shuffling and "
-                               "augmentation; the same seed repeats a run.")
-        self.feature_cache_combo = _combo(
+        self.early_stopping_spin = make_spin(0, 1000, "Stop when the monitored metric has not "
+                                              "improved for this many epochs; off trains them all.",
+                                              special="off", suffix=" epochs")
+        self.seed_spin = make_spin(0, 2**31 - 1, "Seed of the random split, shuffling and "
+                                    "augmentation; the same seed repeats a run.")
+        self.feature_cache_combo = make_combo(
             FEATURE_CACHE_CHOICES, "Run the frozen layers once per image and train the rest on "
             "their saved output: many times faster when only the last layers train. Used when "
             "the frozen layers come first and images are not randomly augmented (or augmented "
             "views are cached).")
-        self.cache_views_spin = _spin(0, 64, "With augmentation on: how many augmented views of "
-                                      "every image to pass through the frozen layers and cache; "
-                                      "none trains on images as usual.", special="none",
-                                      suffix=" views")
-        self.image_cache_combo = _combo(
+        self.cache_views_spin = make_spin(
+            0, 64, "With augmentation on: how many augmented views of every image to pass "
+            "through the frozen layers and cache; none trains on images as usual.",
+            special="none", suffix=" views")
+        self.image_cache_combo = make_combo(
             IMAGE_CACHE_CHOICES, "Decode and resize every image once and keep it in memory, so "
             "epochs after the first skip reading the files.")
 
@@ -271,11 +220,11 @@ class TrainingPanel(QWidget):
         box_layout.addWidget(self.error_label)
 
         def spin(label: str, widget: QSpinBox | QDoubleSpinBox, section: str,
-                 name: str) -> _Field:
-            return _Field(label, widget, section, name, widget.value, widget.setValue)
+                 name: str) -> Field:
+            return Field(label, widget, section, name, widget.value, widget.setValue)
 
-        def combo(label: str, widget: QComboBox, section: str, name: str) -> _Field:
-            return _Field(label, widget, section, name, widget.currentData,
+        def combo(label: str, widget: QComboBox, section: str, name: str) -> Field:
+            return Field(label, widget, section, name, widget.currentData,
                           partial(self._select, widget))
 
         def show_image_size(value: int | None) -> None:
@@ -284,7 +233,7 @@ class TrainingPanel(QWidget):
         self._fields = [
             spin("Epochs", self.epochs_spin, "train", "epochs"),
             spin("Batch size", self.batch_size_spin, "train", "batch_size"),
-            _Field("Image size", self.image_size_spin, "data", "image_size",
+            Field("Image size", self.image_size_spin, "data", "image_size",
                    lambda: self.image_size_spin.value() or None, show_image_size),
             combo("Optimizer", self.optimizer_combo, "optim", "optimizer"),
             combo("LR schedule", self.schedule_combo, "optim", "schedule"),
@@ -414,7 +363,7 @@ class TrainingPanel(QWidget):
 
     def _show_config(self, config: RunConfig) -> None:
         """Put the config's values in the widgets without echoing them back as edits."""
-        with _signals_blocked([field.widget for field in self._fields]):
+        with signals_blocked([field.widget for field in self._fields]):
             # a project from a bigger machine shows its own count, not this machine's limit
             self.processes_spin.setMaximum(max(config.train.processes, processes_limit(
                 config.train.device, self._device_info)))
@@ -428,7 +377,7 @@ class TrainingPanel(QWidget):
     def _on_project_config_changed(self, config: RunConfig) -> None:
         self._show_config(config)
 
-    def _on_field_edited(self, field: _Field, *_: Any) -> None:
+    def _on_field_edited(self, field: Field, *_: Any) -> None:
         try:
             self._project.update(field.section, **{field.name: field.read()})
         except StudioError as error:
@@ -535,7 +484,7 @@ class TrainingPanel(QWidget):
                      f"trainable")
         self.run_info_label.setText(
             f"{event.device} · {event.precision} · {event.train_images:,} train / "
-            f"{event.val_images:,} val images · {_plural(len(event.classes), 'class', 'classes')}"
+            f"{event.val_images:,} val images · {plural(len(event.classes), 'class', 'classes')}"
             f" · {trainable}"
             f"{f' · {event.processes} processes' if event.processes > 1 else ''}")
         self.run_info_label.setVisible(True)
@@ -587,12 +536,12 @@ class TrainingPanel(QWidget):
     def on_fit_ended(self, event: FitEnded) -> None:
         done = event.epochs_completed
         if event.outcome is Outcome.COMPLETED:
-            summary = (f"Training completed: {_plural(done, 'epoch')} in "
+            summary = (f"Training completed: {plural(done, 'epoch')} in "
                        f"{format_duration(event.seconds)}.")
         elif event.outcome is Outcome.EARLY_STOPPED:
             summary = _sentence(event.message)
         elif event.outcome is Outcome.CANCELLED:
-            summary = (f"Stopped by you after {_plural(done, 'complete epoch')}."
+            summary = (f"Stopped by you after {plural(done, 'complete epoch')}."
                        if done else "Stopped by you before the first epoch finished.")
         else:
             reason = _sentence(event.message)
