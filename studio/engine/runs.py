@@ -21,14 +21,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
-import torch
-from torch import nn
 
-from studio.engine.backbones import backbone_info, build_model, is_weights_file
-from studio.engine.checkpoint import load_checkpoint
 from studio.engine.config import ConfigError, RunConfig, atomic_write_text
 from studio.engine.errors import StudioError
 from studio.engine.events import (
@@ -39,7 +35,12 @@ from studio.engine.events import (
     FitStarted,
     StageStarted,
 )
-from studio.engine.images import Preprocessing
+
+if TYPE_CHECKING:  # torch loads only when a run is opened: listing and config errors stay fast
+    import torch
+    from torch import nn
+
+    from studio.engine.images import Preprocessing
 
 CHECKPOINTS = ("best", "last")
 
@@ -117,6 +118,8 @@ def check_labels(paths: RunPaths, classes: Any) -> None:
 
 def read_resume_checkpoint(paths: RunPaths, config: RunConfig) -> dict[str, Any]:
     """The last checkpoint of a run to continue to ``config.train.epochs``."""
+    from studio.engine.checkpoint import load_checkpoint
+
     checkpoint = load_checkpoint(paths.last)
     done = int(checkpoint["epoch"])
     if done >= config.train.epochs:
@@ -292,6 +295,8 @@ def open_run(run_dir: str | os.PathLike[str], checkpoint: str = "best",
     if not path.is_file():
         raise error(f"{paths.root} has no best checkpoint ({path.name}); use the last "
                     f"one with --checkpoint last")
+    from studio.engine.checkpoint import load_checkpoint
+
     payload = load_checkpoint(path)
     try:
         text = str(payload["config"])
@@ -315,6 +320,8 @@ def open_run(run_dir: str | os.PathLike[str], checkpoint: str = "best",
 def rebuild_model(config: RunConfig, labels: list[str], prep: dict[str, Any],
                   state: dict[str, torch.Tensor], path: Path,
                   error: type[StudioError] = RunError) -> nn.Module:
+    from studio.engine.backbones import backbone_info, build_model, is_weights_file
+
     architecture = config.model.__class__(backbone=config.model.backbone, weights="none",
                                           head=config.model.head)
     size = config.data.image_size or int(prep["crop"])
@@ -344,6 +351,8 @@ def data_root(config_path: Path, config: RunConfig) -> str:
 
 
 def preprocessing_from_json(prep: dict[str, Any]) -> Preprocessing:
+    from studio.engine.images import Preprocessing
+
     return Preprocessing(int(prep["resize"]), int(prep["crop"]),
                          tuple(float(v) for v in prep["mean"]),  # type: ignore[arg-type]
                          tuple(float(v) for v in prep["std"]),  # type: ignore[arg-type]
