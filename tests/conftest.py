@@ -10,6 +10,11 @@ if "STUDIO_RUNS_DIR" not in os.environ:  # a run without --out must not land in 
     import tempfile
 
     os.environ["STUDIO_RUNS_DIR"] = tempfile.mkdtemp(prefix="studio-test-runs-")
+if "STUDIO_LOG_FILE" not in os.environ:  # …nor a test's traceback in the user's log
+    import tempfile
+
+    os.environ["STUDIO_LOG_FILE"] = os.path.join(tempfile.mkdtemp(prefix="studio-test-log-"),
+                                                 "studio.log")
 
 import random  # noqa: E402
 from collections.abc import Callable  # noqa: E402

@@ -19,6 +19,7 @@ from studio import __version__
 from studio.cli.common import EXIT_ERROR, EXIT_OK, Progress
 from studio.cli.evaluate import add_eval_parsers, add_export_parser
 from studio.cli.train import add_train_parser
+from studio.engine.logs import log_unexpected, setup_logging
 
 log = logging.getLogger("studio")
 
@@ -66,16 +67,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # what a launcher hands on to the processes it starts
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     if args.command is None:
         args.handler, args.project = _cmd_gui, None
-    from studio.engine.errors import StudioError
+    from studio.engine.errors import StudioError, os_error_sentence
 
+    command = f"studio {args.command or 'gui'}"
     try:
         return int(args.handler(args) or EXIT_OK)
     except StudioError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:  # a path the user gave or a disk: a sentence, the rest in the log
+        log.info("%s failed", args.command, exc_info=True)
+        print(f"error: {os_error_sentence(error, command)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -83,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `studio models | head`: the reader left, which is fine
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return EXIT_OK
+    except Exception as error:  # a bug: one sentence here, the traceback in the log file
+        print(f"error: {log_unexpected(log, command + ' failed', error)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pickle
 import random
 import tempfile
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,12 @@ import numpy as np
 import torch
 
 from studio.engine.config import FILE_MODE
-from studio.engine.errors import StudioError
+from studio.engine.errors import DiskError, StudioError, explain_os_error
+from studio.engine.events import CheckpointSaved
 
 if TYPE_CHECKING:
     from studio.engine.parts import Parts
+    from studio.engine.runs import RunPaths
 
 FORMAT = "finetune-studio-checkpoint"
 FORMAT_VERSION = 1
@@ -154,6 +157,119 @@ def copy_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[st
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """``target`` becomes the same file as ``source`` (a hard link, atomically; a copy where
+    the file system has no links). The next save of ``source`` replaces its name with a new
+    file, so the link keeps the old one: best.pt costs no second write."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        copy_checkpoint(source, target)
+        return
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of a payload whose tensors the next optimizer step cannot change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: snapshot(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(snapshot(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes a run's checkpoints on a thread of its own, so the loop does not wait for the disk.
+
+    The loop hands over a snapshot (the live tensors change with the next step). One write is
+    in flight at a time: a second hand-over waits for the first, which bounds memory to one
+    snapshot. Each write is atomic, so a kill mid-write keeps the previous checkpoint; a write
+    that fails (a full disk) is raised on the loop's thread at the next hand-over or at
+    :meth:`finish`, as a sentence naming the checkpoint that was kept.
+    """
+
+    def __init__(self, paths: RunPaths, background: bool = True) -> None:
+        self.paths = paths
+        self.saved_epoch: int | None = None  # the epoch last.pt holds on disk
+        self._pool = ThreadPoolExecutor(1, "checkpoint") if background else None
+        self._pending: Future[list[CheckpointSaved]] | None = None
+        self._pending_epoch = 0
+
+    def submit(self, epoch: int, payload: dict[str, Any], best: bool) -> list[CheckpointSaved]:
+        """Start writing ``payload`` as epoch ``epoch`` (and best.pt when ``best``); returns
+        the writes that completed since the last call."""
+        done = self.finish()
+        frozen = snapshot(payload)
+        self._pending_epoch = epoch
+        if self._pool is None:
+            future: Future[list[CheckpointSaved]] = Future()
+            try:
+                future.set_result(self._write(epoch, frozen, best))
+            except BaseException as error:  # noqa: BLE001 - raised by finish()
+                future.set_exception(error)
+            self._pending = future
+        else:
+            self._pending = self._pool.submit(self._write, epoch, frozen, best)
+        return done
+
+    def finish(self) -> list[CheckpointSaved]:
+        """Wait for the write in flight; its events, or a DiskError if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return []
+        try:
+            return pending.result()
+        except OSError as error:
+            raise DiskError(self._failed(error)) from error
+
+    def harvest(self) -> list[CheckpointSaved]:
+        """The events of a write that has completed, without waiting (a failure waits for
+        :meth:`finish`, which every process reaches together)."""
+        pending = self._pending
+        if pending is None or not pending.done() or pending.exception() is not None:
+            return []
+        self._pending = None
+        return pending.result()
+
+    def close(self) -> None:
+        """Finish quietly (the run is ending for another reason) and stop the thread."""
+        try:
+            self.finish()
+        except DiskError:
+            pass
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def _write(self, epoch: int, payload: dict[str, Any], best: bool) -> list[CheckpointSaved]:
+        paths = self.paths
+        save_checkpoint(paths.last, payload)
+        self.saved_epoch = epoch
+        events = [CheckpointSaved(epoch, "last", str(paths.last))]
+        if best:
+            link_checkpoint(paths.last, paths.best)
+            events.append(CheckpointSaved(epoch, "best", str(paths.best)))
+        return events
+
+    def _failed(self, error: OSError) -> str:
+        reason, remedy = explain_os_error(error)
+        where = error.filename or self.paths.last
+        kept = (f"the last good checkpoint, of epoch {self.saved_epoch}, is kept"
+                if self.saved_epoch is not None else "no earlier epoch had been saved")
+        return (f"saving the checkpoint of epoch {self._pending_epoch} to {where} failed: "
+                f"{reason}; {remedy}, then continue with `studio train --resume "
+                f"{self.paths.root}` ({kept})")
 
 
 # ---------------------------------------------------------------------------------------------

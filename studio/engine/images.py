@@ -10,6 +10,7 @@ Which files to load comes from a scan in :mod:`studio.engine.data`.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from studio.engine.errors import DatasetError
+from studio.engine.errors import DatasetError, explain_os_error
 
 if TYPE_CHECKING:
     # Annotations only: at run time this module needs nothing from the scanner (samples are
@@ -45,6 +46,22 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         image.load()
         image = ImageOps.exif_transpose(image)
     return to_rgb(image)
+
+
+def unreadable(path: str | os.PathLike[str], error: Exception) -> str:
+    """Why an image that the scan accepted cannot be read now, and what to do."""
+    number = error.errno if isinstance(error, OSError) else None
+    if number == errno.ENOENT:
+        return (f"{path} could not be read: it was moved or deleted after the dataset was "
+                f"scanned; put it back or scan the folder again")
+    if number in (errno.EACCES, errno.EPERM):
+        return (f"{path} could not be read: permission was denied; give your user read "
+                f"permission (chmod a+r) or move the file out of the dataset, then scan again")
+    if isinstance(error, OSError) and number is not None:
+        reason, remedy = explain_os_error(error)
+        return f"{path} could not be read: {reason}; {remedy}, then scan the folder again"
+    return (f"{path} could not be read ({error}); it changed after the dataset was scanned, "
+            f"so scan the folder again")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -216,8 +233,7 @@ class FolderDataset(Dataset):
         try:
             image = load_image(sample.path)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise DatasetError(f"{sample.path} could not be read ({error}); it changed after the "
-                               f"dataset was scanned, so scan the folder again") from error
+            raise DatasetError(unreadable(sample.path, error)) from error
         return self.transform(image), sample.label
 
 
@@ -279,8 +295,7 @@ def decode_images(samples: Sequence[Sample], steps: Sequence[Callable[[Any], Any
         try:
             image = load_image(sample.path)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise DatasetError(f"{sample.path} could not be read ({error}); it changed after "
-                               f"the dataset was scanned, so scan the folder again") from error
+            raise DatasetError(unreadable(sample.path, error)) from error
         for step in steps:
             image = step(image)
         return TF.pil_to_tensor(image).contiguous()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 
 from studio.engine.config import ConfigError, RunConfig, atomic_write_text
-from studio.engine.errors import StudioError
+from studio.engine.errors import FULL, DiskError, StudioError, explain_os_error
 from studio.engine.events import (
     CacheReport,
     Callback,
@@ -102,8 +102,12 @@ def create_run_folder(paths: RunPaths, config: RunConfig, scan: Any) -> None:
         atomic_write_text(paths.labels, json.dumps(list(scan.classes), indent=2,
                                                    ensure_ascii=False) + "\n")
     except OSError as error:
-        raise StudioError(f"the run folder {paths.root} cannot be written "
-                          f"({error.strerror or error}); choose another --out folder") from error
+        reason = explain_os_error(error)[0]
+        todo = ("free space on that disk or choose another --out folder" if error.errno in FULL
+                else "choose another --out folder, or set STUDIO_RUNS_DIR to a folder you may "
+                     "write to")
+        raise DiskError(f"the run folder {paths.root} cannot be written: {reason}; {todo}"
+                        ) from error
 
 
 def check_labels(paths: RunPaths, classes: Any) -> None:

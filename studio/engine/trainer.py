@@ -27,16 +27,15 @@ from torch import nn
 
 from studio.engine.caching import Feed, FeedPlanner
 from studio.engine.checkpoint import (
+    CheckpointWriter,
     FitState,
     capture_rng,
-    copy_checkpoint,
     restore_run,
     run_checkpoint,
-    save_checkpoint,
 )
 from studio.engine.config import RunConfig
 from studio.engine.data import DatasetScan
-from studio.engine.errors import StudioError
+from studio.engine.errors import StudioError, explain_os_error, os_error_sentence
 from studio.engine.events import (
     BatchEnded,
     Callback,
@@ -49,6 +48,7 @@ from studio.engine.events import (
     WarningIssued,
 )
 from studio.engine.features import trim_memory
+from studio.engine.logs import log_unexpected
 from studio.engine.optim import Schedule, Stepper, current_lrs
 from studio.engine.params import count_params
 from studio.engine.parts import Parts, build_parts, shared_state, unused_trainable
@@ -84,6 +84,7 @@ class Trainer:
         self.placement = placement
         self.state = FitState()
         self.parts: Parts | None = None
+        self.writer: CheckpointWriter | None = None  # rank 0's, from setup on
         self._ends: dict[str, Any] = {}  # facts for the fit_end record (replicas)
         self.told_by_main = False  # the failure was rank 0's, and rank 0 reported it
         self._started = time.monotonic()
@@ -131,15 +132,21 @@ class Trainer:
         except StudioError as error:
             self.told_by_main = isinstance(error, MainRankError)
             return self._end(Outcome.FAILED, str(error))
+        except OSError as error:  # a disk or a file, while writing metrics or reading images
+            log.info("training stopped by an OS error", exc_info=True)
+            return self._end(Outcome.FAILED, os_error_sentence(
+                error, "training", f"{explain_os_error(error)[1]}, then continue with "
+                f"`studio train --resume {self.paths.root}`{self._kept()}"))
         except Exception as error:  # a bug or a lost process, not a user error: log it
-            log.exception("training failed")
             if self.placement is not None and self.placement.distributed:
+                log.exception("training failed")
                 return self._end(Outcome.FAILED, f"rank {self.placement.rank} lost contact with "
                                  f"the other processes ({type(error).__name__}: "
                                  f"{_first_line(error)}); the run resumes from its last epoch")
-            return self._end(Outcome.FAILED, f"training failed unexpectedly ({type(error).__name__}"
-                                             f": {error}); the details are in the log")
+            return self._end(Outcome.FAILED, log_unexpected(log, "training failed", error))
         finally:
+            if self.writer is not None:
+                self.writer.close()
             if self.parts is not None:
                 self.parts.close()
             trim_memory()
@@ -153,6 +160,7 @@ class Trainer:
         self.paths = RunPaths(placement.broadcast_object(str(self.paths.root)))
         if placement.is_main:
             self.callbacks.insert(0, MetricsWriter(self.paths, self._ends))
+            self.writer = CheckpointWriter(self.paths)
         else:
             self.callbacks = []  # rank 0 tells the story
         checkpoint = (placement.on_main(lambda: read_resume_checkpoint(self.paths, cfg))
@@ -173,6 +181,8 @@ class Trainer:
                                cfg.train.grad_clip, fp16=parts.precision == "fp16")
         if checkpoint is not None:
             self._restore(checkpoint)
+            if self.writer is not None:
+                self.writer.saved_epoch = self.state.epoch
         else:
             placement.on_main(lambda: create_run_folder(self.paths, cfg, parts.scan))
         self.start_epoch = start
@@ -330,6 +340,8 @@ class Trainer:
                     eta_seconds=remaining * busy / step))
                 loss_sum.zero_()
                 window, window_start, last_emit = 0, step + 1, now
+                if self.writer is not None:  # the previous epoch's checkpoint reached the disk
+                    self._saved(self.writer.harvest())
         busy = time.monotonic() - began - paused
         total = torch.tensor([seen], dtype=torch.long, device=device)
         placement.reduce(epoch_loss, correct, total)
@@ -385,14 +397,21 @@ class Trainer:
         parts, placement = self.parts, self.placement
         assert parts is not None and placement is not None
         rngs = placement.gather_object(capture_rng())
-        if not placement.is_main:
-            return
-        payload = run_checkpoint(parts, self.state, self.stepper.scaler, epoch, rngs)
-        save_checkpoint(self.paths.last, payload)
-        self._emit("on_checkpoint", CheckpointSaved(epoch, "last", str(self.paths.last)))
-        if is_best:
-            copy_checkpoint(self.paths.last, self.paths.best)
-            self._emit("on_checkpoint", CheckpointSaved(epoch, "best", str(self.paths.best)))
+
+        def write() -> list[CheckpointSaved]:  # on a thread: the next epoch does not wait
+            assert self.writer is not None
+            payload = run_checkpoint(parts, self.state, self.stepper.scaler, epoch, rngs)
+            return self.writer.submit(epoch, payload, is_best)
+
+        self._saved(placement.on_main(write))
+
+    def _saved(self, events: list[CheckpointSaved] | None) -> None:
+        for event in events or ():
+            self._emit("on_checkpoint", event)
+
+    def _kept(self) -> str:
+        epoch = self.writer.saved_epoch if self.writer is not None else None
+        return f" (the last good checkpoint, of epoch {epoch}, is kept)" if epoch else ""
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         assert self.parts is not None
@@ -407,6 +426,9 @@ class Trainer:
     def _finish(self, outcome: Outcome, message: str) -> FitEnded:
         """A clean end every rank reaches together: check the replicas, then end."""
         placement, parts = self.placement, self.parts
+        if placement is not None:  # every checkpoint is on disk before the run says it ended
+            self._saved(placement.on_main(
+                lambda: self.writer.finish() if self.writer is not None else []))
         if placement is not None and placement.distributed and parts is not None:
             differ = placement.replicas_differ(shared_state(parts))
             self._ends["replicas"] = "differ" if differ else "identical"
@@ -417,6 +439,8 @@ class Trainer:
         return self._end(outcome, message)
 
     def _end(self, outcome: Outcome, message: str) -> FitEnded:
+        if self.writer is not None:  # a failed run still keeps the checkpoint in flight
+            self.writer.close()
         monitor = self.config.train.monitor if self.config is not None else "val_acc"
         event = FitEnded(outcome=outcome, message=message, epochs_completed=self.state.epoch,
                          best_epoch=self.state.best_epoch, best_metric=self.state.best_metric,

@@ -13,14 +13,19 @@ APPLICATION = "Finetune Studio"
 
 
 def demo_config() -> object:
-    """The bundled sample, a small backbone, ready to Train on a CPU in about a minute."""
+    """The bundled sample, a small backbone, ready to Train on a CPU in about a minute.
+
+    No random augmentation: five epochs on a small sample gain little from it, and without it
+    "Train head only" runs the frozen backbone once per image and trains on the cached
+    features, which is what the demo should show (augmented images would need fresh features
+    every epoch)."""
     from studio.engine.backbones import pretrained_available, resolve_weights
     from studio.engine.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from studio.resources import sample_dataset
 
     pretrained = pretrained_available(resolve_weights("resnet18", "default"))
     return RunConfig(
-        data=DataConfig(root=str(sample_dataset()), image_size=64, augment="light"),
+        data=DataConfig(root=str(sample_dataset()), image_size=64, augment="none"),
         model=ModelConfig(backbone="resnet18", weights="default" if pretrained else "none"),
         train=TrainConfig(epochs=5, batch_size=32))
 

@@ -31,6 +31,7 @@ from studio.engine.events import (
     StageStarted,
     WarningIssued,
 )
+from studio.engine.logs import log_unexpected
 from studio.ui.process_run import ProcessRun
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,7 @@ class TrainingWorker(QObject):
             result = FitEnded(Outcome.FAILED, str(error), 0, None, None, "val_acc",
                               self._run_dir, 0.0)
         except Exception as error:  # never let a bug take the window down
-            log.exception("training thread failed")
-            result = FitEnded(Outcome.FAILED, f"training failed unexpectedly "
-                              f"({type(error).__name__}: {error}); the details are in the log",
+            result = FitEnded(Outcome.FAILED, log_unexpected(log, "training failed", error),
                               0, None, None, "val_acc", self._run_dir, 0.0)
         self.finished.emit(result)
 

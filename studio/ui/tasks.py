@@ -12,7 +12,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
-from studio.engine.errors import StudioError
+from studio.engine.errors import StudioError, os_error_sentence
+from studio.engine.logs import log_unexpected
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ class _Job(QRunnable):
             result = self.function(self._progress) if self.with_progress else self.function()
         except StudioError as error:
             self.relay.failed.emit(self.generation, str(error))
+        except OSError as error:  # a folder or file the user chose
+            log.info("background job stopped by an OS error", exc_info=True)
+            self.relay.failed.emit(self.generation, os_error_sentence(error, "reading or writing"))
         except Exception as error:  # a bug: say so in one sentence, keep the traceback in the log
-            log.exception("background job failed")
-            self.relay.failed.emit(self.generation, f"unexpected error ({type(error).__name__}: "
-                                                    f"{error}); the details are in the log")
+            self.relay.failed.emit(self.generation, log_unexpected(log, "the job failed", error))
         else:
             self.relay.succeeded.emit(self.generation, result)
 

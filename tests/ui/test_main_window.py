@@ -172,6 +172,20 @@ def test_demo_opens_with_the_sample_and_a_small_backbone(qtbot, tmp_path: Path) 
     assert project.config.model.backbone == "resnet18"
     assert project.config.data.root == str(sample_dataset())
 
+    # "Train head only" on the demo trains on cached features: the backbone runs once per image
+    project.update("model", weights="none")  # nothing can be downloaded here
+    project.update("data", image_size=32)
+    project.update("train", epochs=2, workers=0, precision="fp32")
+    qtbot.waitUntil(lambda: project.description is not None
+                    and project.description.backbone == "resnet18", timeout=60_000)
+    window.steps.setCurrentRow(2)
+    qtbot.mouseClick(window.layers_panel.head_only_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window._readiness_problem() is None, timeout=30_000)
+    with qtbot.waitSignal(window.session.finished, timeout=120_000) as finished:
+        qtbot.mouseClick(window.training_panel.train_button, Qt.MouseButton.LeftButton)
+    assert finished.args[0].outcome is Outcome.COMPLETED, finished.args[0].message
+    assert window.training_panel.cache_label.text().startswith("Feature cache: on, 300 images")
+
 
 def test_a_finished_run_exports_to_verified_onnx_from_the_export_page(window: MainWindow,
                                                                       qtbot) -> None:
