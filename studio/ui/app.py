@@ -64,6 +64,36 @@ def build_window(project_file: str | None = None, demo: bool = False,
     return window
 
 
+def _report_uncaught(state: dict[str, object]) -> None:
+    """An exception that escapes a slot or a thread is a bug: its traceback goes to the log
+    file; the terminal and the window's status bar get one sentence naming that file."""
+    import threading
+
+    from studio.engine.logs import log_unexpected
+
+    def tell(error: BaseException) -> None:
+        message = log_unexpected(log, "the app hit an error", error)
+        print(f"error: {message}", file=sys.stderr)
+        window = state.get("window")
+        if window is not None:
+            window.statusBar().showMessage(message, 20_000)  # type: ignore[attr-defined]
+
+    def hook(kind: type[BaseException], error: BaseException, trace: object) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, error, trace)  # type: ignore[arg-type]
+            return
+        tell(error.with_traceback(trace))  # type: ignore[arg-type]
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            message = log_unexpected(log, f"thread {args.thread.name if args.thread else '?'} "
+                                          f"failed", args.exc_value)
+            print(f"error: {message}", file=sys.stderr)
+
+    sys.excepthook = hook
+    threading.excepthook = thread_hook
+
+
 def _import_engine() -> None:
     """The slow part of start-up (torch, torchvision: seconds), done off the GUI thread."""
     import studio.engine.backbones  # noqa: F401
@@ -79,6 +109,8 @@ def run(project_file: str | None = None, demo: bool = False) -> int:
     from PySide6.QtWidgets import QSplashScreen
 
     app = create_app()
+    state: dict[str, object] = {}
+    _report_uncaught(state)
     pixmap = QPixmap(460, 150)
     pixmap.fill(QColor("#2b5d8c"))
     splash = QSplashScreen(pixmap)
@@ -92,7 +124,6 @@ def run(project_file: str | None = None, demo: bool = False) -> int:
 
     loader = threading.Thread(target=_import_engine, name="studio-import", daemon=True)
     loader.start()
-    state: dict[str, object] = {}
 
     def open_window() -> None:
         if loader.is_alive():
