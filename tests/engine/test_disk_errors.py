@@ -167,3 +167,16 @@ def test_an_unexpected_error_says_where_its_traceback_is(
     monkeypatch.undo()
     setup_logging()  # back to the suite's log file
     assert log_path() != log
+
+
+def test_an_export_to_a_folder_that_cannot_be_made_is_one_sentence(
+        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    code = main(["export", str(trained_run), "--format", "safetensors",
+                 "--out", str(blocker / "export")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "failed: a part of the path is a file, not a folder; choose another --out folder " \
+           "that you may write to" in err
+    assert str(blocker) in err

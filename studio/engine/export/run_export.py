@@ -21,7 +21,7 @@ from torch import nn
 
 from studio.engine.config import ConfigError, RunConfig, atomic_write_text
 from studio.engine.data import Sample, scan_folder
-from studio.engine.errors import DatasetError
+from studio.engine.errors import FULL, DatasetError, explain_os_error
 from studio.engine.export.bundle import PREDICT_PY, model_card
 from studio.engine.export.onnx import export_int8, export_onnx, onnx_metadata
 from studio.engine.export.results import ExportError, ExportReport, FormatResult
@@ -150,9 +150,16 @@ def export_run(run_dir: str | os.PathLike[str], fmt: str = "onnx",
     out_dir, file_name = _resolve_out(run_dir, fmt, out)
     say(f"loading the {checkpoint} checkpoint of {run_dir}")
     run = _open_run(run_dir, checkpoint)
-    if fmt == "bundle":
-        return _bundle(run, out_dir, opset, say)
-    return _single(run, fmt, out_dir, file_name, opset, say)
+    try:
+        if fmt == "bundle":
+            return _bundle(run, out_dir, opset, say)
+        return _single(run, fmt, out_dir, file_name, opset, say)
+    except OSError as error:  # the output folder: missing parent, permissions, a full disk
+        reason, _ = explain_os_error(error)
+        todo = ("free space on that disk or choose another --out folder" if error.errno in FULL
+                else "choose another --out folder that you may write to")
+        where = error.filename or out_dir
+        raise ExportError(f"exporting to {where} failed: {reason}; {todo}") from error
 
 
 def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
