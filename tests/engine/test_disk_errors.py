@@ -180,3 +180,22 @@ def test_an_export_to_a_folder_that_cannot_be_made_is_one_sentence(
     assert "failed: a part of the path is a file, not a folder; choose another --out folder " \
            "that you may write to" in err
     assert str(blocker) in err
+
+
+def test_the_checkpoint_writer_saves_a_snapshot_and_links_the_best(tmp_path: Path) -> None:
+    from studio.engine.checkpoint import CheckpointWriter
+    from studio.engine.runs import RunPaths
+
+    paths = RunPaths(tmp_path / "run")
+    writer = CheckpointWriter(paths)
+    weight = torch.zeros(3)
+    assert writer.submit(1, {"epoch": 1, "model": {"w": weight}}, best=True) == []
+    weight += 5  # the next optimizer step changes the live tensor while the file is written
+    assert [(e.epoch, e.kind) for e in writer.finish()] == [(1, "last"), (1, "best")]
+    assert torch.equal(load_checkpoint(paths.last)["model"]["w"], torch.zeros(3))
+    assert os.stat(paths.best).st_ino == os.stat(paths.last).st_ino  # no second write
+
+    writer.submit(2, {"epoch": 2, "model": {"w": weight}}, best=False)
+    writer.close()
+    assert load_checkpoint(paths.last)["epoch"] == 2 and writer.saved_epoch == 2
+    assert load_checkpoint(paths.best)["epoch"] == 1  # the link kept the best epoch's file
