@@ -20,12 +20,7 @@ from torch import nn
 from torchvision import models
 
 from studio.engine.config import HeadConfig, ModelConfig
-from studio.engine.downloads import (
-    DownloadCancelled,
-    ProgressCallback,
-    download_weights,
-    hub_cache_path,
-)
+from studio.engine.downloads import ProgressCallback, download_pretrained, hub_cache_path
 from studio.engine.errors import BackboneError, WeightsError
 from studio.engine.images import Preprocessing, preprocessing_from_weights
 from studio.engine.params import ParamNode, param_tree
@@ -347,12 +342,7 @@ def _build(name: str, weights: Any | None, kwargs: dict[str, Any],
         return models.get_model(name, weights=None, **kwargs)
     path = hub_cache_path(weights)
     if not path.is_file():  # our downloader (resumable, verified), never torch hub's
-        try:
-            download_weights(weights, path, progress)
-        except DownloadCancelled:
-            raise
-        except WeightsError as error:
-            raise WeightsError(f"{error}, or choose weights 'none' or a local file") from error
+        download_pretrained(weights, progress)
     try:
         return models.get_model(name, weights=weights, progress=False, **kwargs)
     except OSError as error:  # the file went away in between, and torch hub tried the network

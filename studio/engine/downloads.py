@@ -88,7 +88,18 @@ def ensure_pretrained(config: ModelConfig, progress: ProgressCallback | None = N
                       cancel: threading.Event | None = None) -> Path | None:
     """Download the pretrained weights ``config`` needs, if any are missing; their path."""
     weights = weights_to_download(config)
-    return None if weights is None else download_weights(weights, None, progress, cancel)
+    return None if weights is None else download_pretrained(weights, progress, cancel)
+
+
+def download_pretrained(weights: Any, progress: ProgressCallback | None = None,
+                        cancel: threading.Event | None = None) -> Path:
+    """``download_weights`` for a model about to be built: the advice names weights 'none'."""
+    try:
+        return download_weights(weights, None, progress, cancel)
+    except DownloadCancelled:
+        raise
+    except WeightsError as error:
+        raise WeightsError(f"{error}, or choose weights 'none' or a local file") from error
 
 
 # ---------------------------------------------------------------------------------------------
