@@ -165,6 +165,8 @@ def test_an_imported_pth_is_copied_and_used_despite_its_hash(hub_home, tmp_path)
     assert dest == hub_cache_path(weights) and dest.read_bytes() == source.read_bytes()
     digest = hashlib.sha256(dest.read_bytes()).hexdigest()
     assert not digest.startswith(expected_hash_prefix(dest.name))  # torch hub won't check it
+    plain = models.get_model("squeezenet1_1", weights=weights)  # torchvision's own loading
+    assert torch.equal(plain.features[0].weight, state["features.0.weight"])
     built = build_model(SQUEEZENET, 3)
     assert torch.equal(first_conv(built), state["features.0.weight"])
 

@@ -50,6 +50,8 @@ def click(qtbot, panel: BackbonePanel, name: str) -> None:
 def test_download_now_fills_the_bar_and_ends_cached(qtbot, panel, served_weights) -> None:
     status = child(panel, QLabel, "weights_status")
     assert status.text().startswith("Not cached")
+    for name in ("download_button", "import_weights_button", "cancel_download_button"):
+        assert child(panel, QPushButton, name).toolTip(), name
     states: list[DownloadState] = []
     downloads = panel.weights_box.downloads
     downloads.progressed.connect(states.append)

@@ -61,7 +61,7 @@ class WeightsBox(QGroupBox):
                  parent: QWidget | None = None) -> None:
         super().__init__("Starting weights", parent)
         self._project = project
-        self.downloads = downloads or WeightsDownload(self)
+        self.downloads = downloads if downloads is not None else WeightsDownload(self)
         self._syncing = False
         self._awaiting_file = False  # "Local file…" chosen, no file given yet
         self._shown_key: tuple[str, str] | None = None  # the backbone and weights on show
