@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +202,28 @@ def test_an_import_holding_code_is_never_unpickled(hub_home, tmp_path) -> None:
     torch.save({"weights": plain_state(3), "callback": threading.Event}, source)
     with pytest.raises(WeightsError, match="Python objects"):
         import_weights_file(source, models.SqueezeNet1_1_Weights.DEFAULT)
+
+
+def test_two_downloads_of_one_file_fetch_it_once(served_weights, file_server) -> None:
+    """As torchrun ranks started by hand do: one downloads, the other waits and finds it."""
+    file_server.gate = threading.Event()
+    started = threading.Event()
+    paths: list[Path] = []
+
+    def first() -> None:
+        paths.append(download_weights(served_weights.weights, None,
+                                      lambda done, total: started.set()))
+
+    def second() -> None:
+        paths.append(download_weights(served_weights.weights))
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert started.wait(10)  # the first holds the lock and is receiving
+    two = threading.Thread(target=second)
+    two.start()
+    file_server.gate.set()
+    one.join(30)
+    two.join(30)
+    assert paths == [served_weights.cached] * 2 and len(file_server.requests) == 1
+    assert served_weights.cached.read_bytes() == served_weights.file.read_bytes()
