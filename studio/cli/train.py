@@ -210,12 +210,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not config.data.root:
         raise StudioError("no dataset given; pass --data DIR (a folder with one subfolder "
                           "per class), --sample, or --config")
+    _fetch_weights(config)
     if args.find_lr:
         return _find_lr(args, config)
     if wants_launch(args, config.train.processes):
         preflight(config, args, config.train.processes)
         return launch(args.argv, args, config.train.processes)
     return _fit(args, config)
+
+
+def _fetch_weights(config: Any) -> None:
+    """Pretrained weights not cached yet come down before anything starts, with progress (and
+    once: torchrun's processes then find them in the cache)."""
+    from studio.cli.common import DownloadProgress
+    from studio.engine.downloads import ensure_pretrained, hub_cache_path, weights_to_download
+
+    weights = weights_to_download(config.model)
+    if weights is not None:
+        ensure_pretrained(config.model, DownloadProgress(hub_cache_path(weights).name))
 
 
 def _fit(args: argparse.Namespace, config: Any) -> int:

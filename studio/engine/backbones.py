@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision import models
 
 from studio.engine.config import HeadConfig, ModelConfig
+from studio.engine.downloads import ProgressCallback, download_pretrained, hub_cache_path
 from studio.engine.errors import BackboneError, WeightsError
 from studio.engine.images import Preprocessing, preprocessing_from_weights
 from studio.engine.params import ParamNode, param_tree
@@ -122,12 +122,6 @@ def resolve_weights(name: str, spec: str) -> Any | None:
 def is_weights_file(spec: str) -> bool:
     return spec not in ("default", "none") and (
         Path(spec).suffix.lower() in LOCAL_SUFFIXES or os.sep in spec or "/" in spec)
-
-
-def hub_cache_path(weights: Any) -> Path:
-    """Where torch hub keeps (or would keep) the file of a torchvision weights enum member."""
-    filename = os.path.basename(urlparse(weights.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 def pretrained_available(weights: Any) -> bool:
@@ -294,8 +288,9 @@ def make_head(old: nn.Module, num_classes: int, head: HeadConfig) -> nn.Module:
 
 
 def build_model(config: ModelConfig, num_classes: int, image_size: int | None = None,
-                progress: bool = False) -> BuiltModel:
-    """Build ``config.backbone`` for ``num_classes`` with the chosen weights and head."""
+                progress: ProgressCallback | None = None) -> BuiltModel:
+    """Build ``config.backbone`` for ``num_classes`` with the chosen weights and head; weights
+    not cached yet are downloaded first, telling ``progress`` (bytes done, total)."""
     if num_classes < 2:
         raise BackboneError(f"a classifier needs at least 2 classes; got {num_classes}")
     info = backbone_info(config.backbone)
@@ -341,25 +336,30 @@ def build_model(config: ModelConfig, num_classes: int, image_size: int | None = 
     return BuiltModel(model, name, head_name, num_classes, prep, label, fixed, report, notes)
 
 
-def _build(name: str, weights: Any | None, kwargs: dict[str, Any], progress: bool) -> nn.Module:
+def _build(name: str, weights: Any | None, kwargs: dict[str, Any],
+           progress: ProgressCallback | None) -> nn.Module:
     if weights is None:
         return models.get_model(name, weights=None, **kwargs)
     path = hub_cache_path(weights)
+    if not path.is_file():  # our downloader (resumable, verified), never torch hub's
+        download_pretrained(weights, progress)
     try:
-        return models.get_model(name, weights=weights, progress=progress, **kwargs)
-    except OSError as error:  # URLError, HTTPError and socket errors are OSErrors
+        return models.get_model(name, weights=weights, progress=False, **kwargs)
+    except OSError as error:  # the file went away in between, and torch hub tried the network
         raise WeightsError(
             f"pretrained weights {name} {weights.name} are not cached and could not be "
             f"downloaded ({getattr(error, 'reason', error)}); download {weights.url} and save it "
             f"as {path}, or choose weights 'none' or a local file") from error
     except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        if "hash" in str(error).lower():
-            raise WeightsError(f"the downloaded weights for {name} failed their checksum; "
-                               f"delete {path} and try again") from error
         if path.is_file():
-            raise WeightsError(f"the cached weights file {path} is damaged ({error}); delete it "
-                               f"so that it is downloaded again") from error
+            raise WeightsError(f"the cached weights file {path} is damaged or does not fit "
+                               f"{name} ({_first_line(error)}); delete it so that it is "
+                               f"downloaded again, or import the right file") from error
         raise
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _fixed_input_size(model: nn.Module, info: BackboneInfo, kwargs: dict[str, Any]) -> int | None:

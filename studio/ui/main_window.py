@@ -32,6 +32,7 @@ from studio.engine.config import ConfigError, RunConfig
 from studio.engine.errors import StudioError
 from studio.engine.events import FitEnded
 from studio.engine.runs import default_runs_root, new_run_dir
+from studio.ui.downloads import TrainGate, WeightsDownload
 from studio.ui.project import ProjectModel
 from studio.ui.session import TrainingSession
 from studio.ui.tasks import BackgroundTask
@@ -62,6 +63,8 @@ class MainWindow(QMainWindow):
         self.project = project or ProjectModel(parent=self)
         self.settings = settings or QSettings()
         self.session = TrainingSession(self)
+        self.weights_download = WeightsDownload(self)  # the Backbone page shows its progress
+        self.train_gate = TrainGate(self.weights_download, self)  # Train waits for the weights
         self._describer = BackgroundTask(self)
         self._described_key: tuple | None = None
         self._last_result: FitEnded | None = None
@@ -69,7 +72,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)  # an image file dropped anywhere is predicted (Evaluate)
 
         self.dataset_panel = DatasetPanel(self.project)
-        self.backbone_panel = BackbonePanel(self.project)
+        self.backbone_panel = BackbonePanel(self.project, downloads=self.weights_download)
         self.layers_panel = LayersPanel(self.project)
         self.lr_panel = LearningRatePanel(self.project)
         self.training_panel = TrainingPanel(self.project)
@@ -176,6 +179,8 @@ class MainWindow(QMainWindow):
         panel.pause_requested.connect(self.session.pause)
         panel.resume_requested.connect(self.session.resume)
         panel.stop_requested.connect(self.session.stop)
+        self.train_gate.released.connect(self._on_train_gate_released)
+        self.train_gate.refused.connect(panel.show_problem)
 
         session = self.session
         session.running_changed.connect(self._on_session_running_changed)
@@ -275,10 +280,21 @@ class MainWindow(QMainWindow):
             self.training_panel.show_problem(problem)
             return
         config = self.project.config
+        waiting = self.train_gate.hold(config.model)  # uncached pretrained weights come first
+        if waiting:
+            self.training_panel.show_problem(waiting)
+            if self.train_gate.waiting:
+                self.steps.setCurrentRow(self.PAGES.index("Backbone"))
+            return
         runs = Path(self.settings.value("paths/runs_dir", str(default_runs_root())))
         run_dir = new_run_dir(runs, config.model.backbone)
         self.session.start(config, run_dir)  # the curves keep this run's predecessor, faint
         self.steps.setCurrentRow(self.PAGES.index("Train"))
+
+    @Slot()
+    def _on_train_gate_released(self) -> None:
+        self.training_panel.show_problem("")  # "downloading first…" is over
+        self._on_training_panel_train_requested()  # checks again: the config may have moved on
 
     @Slot(bool)
     def _on_session_running_changed(self, running: bool) -> None:
@@ -438,7 +454,11 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
             self.stop_and_wait()
-        # background sweeps and evaluations end at their next batch rather than run on unseen
+        # background sweeps, evaluations and downloads end at their next batch or chunk rather
+        # than run on unseen (a download's partial file stays, for the next one to resume)
+        self.train_gate.drop()
+        self.weights_download.cancel()
+        self.weights_download.wait(STOP_WAIT_MS)
         self.evaluate_panel.stop_evaluation()
         if self.lr_panel.finder_dialog is not None:
             self.lr_panel.finder_dialog.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import math
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,7 @@ def test_uncached_weights_offline_name_the_file_and_where_to_put_it(
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # studio.engine.downloads' way out
     weights = resolve_weights("squeezenet1_1", "default")
     with pytest.raises(WeightsError) as caught:
         build_model(ModelConfig(backbone="squeezenet1_1", weights="default"), 3)

@@ -7,7 +7,6 @@ config with their signals blocked, so showing a config never writes one.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
@@ -16,52 +15,35 @@ from PySide6.QtCore import (
     QSignalBlocker,
     QSortFilterProxyModel,
     Qt,
+    Slot,
 )
-from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
-    QPushButton,
-    QRadioButton,
     QSpinBox,
     QTableView,
     QVBoxLayout,
     QWidget,
 )
 
-from studio.engine.backbones import (
-    LOCAL_SUFFIXES,
-    BackboneInfo,
-    backbone_info,
-    hub_cache_path,
-    is_weights_file,
-    pretrained_available,
-    resolve_weights,
-)
+from studio.engine.backbones import BackboneInfo, is_weights_file, resolve_weights
 from studio.engine.config import ConfigError, HeadConfig
 from studio.engine.errors import StudioError
+from studio.ui.downloads import WeightsDownload
 from studio.ui.models.zoo import FILTER_ROLE, NAME_ROLE, SORT_ROLE, ZooTableModel
 from studio.ui.project import ProjectModel
 from studio.ui.text import sentence
+from studio.ui.widgets.weights_box import ERROR_COLOR, WeightsBox
 
 MIN_IMAGE_SIZE = 16  # DataConfig's bounds
 MAX_IMAGE_SIZE = 2048
-ERROR_COLOR = "#c62828"
-AMBER_COLOR = "#a05a00"
-OK_COLOR = "#2e7d32"
-MUTED_COLOR = "gray"
-
-PRETRAINED, SCRATCH, LOCAL = range(3)
 HEAD_CHOICES = (("linear", "Linear", "One linear layer from the backbone's features to classes"),
                 ("mlp", "Small MLP", "Linear → ReLU → dropout → linear; a little more capacity"))
 
@@ -92,11 +74,11 @@ class ImageSizeSpinBox(QSpinBox):
 class BackbonePanel(QWidget):
     """A searchable zoo table, the weights choice with its availability, the head, the size."""
 
-    def __init__(self, project: ProjectModel, parent: QWidget | None = None) -> None:
+    def __init__(self, project: ProjectModel, parent: QWidget | None = None,
+                 downloads: WeightsDownload | None = None) -> None:
         super().__init__(parent)
         self._project = project
-        self._syncing = False  # selection/radio signals caused by showing the config
-        self._awaiting_file = False  # "Local file…" chosen, no file given yet
+        self._syncing = False  # selection signals caused by showing the config
         self._refusal = ""  # why the last edit was refused, until the next edit
 
         self._model = ZooTableModel(parent=self)
@@ -108,10 +90,11 @@ class BackbonePanel(QWidget):
         self._proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
 
         self._build_zoo()
-        weights_box = self._build_weights()
+        self.weights_box = WeightsBox(project, downloads)
+        self.weights_box.refused.connect(self._on_weights_box_refused)
         head_box = self._build_head()
         boxes = QHBoxLayout()
-        boxes.addWidget(weights_box, 3)
+        boxes.addWidget(self.weights_box, 3)
         boxes.addWidget(head_box, 2)
 
         self._error = QLabel()
@@ -129,12 +112,6 @@ class BackbonePanel(QWidget):
         for name, widget in (("search_edit", self._search_edit),
                              ("zoo_table", self._table),
                              ("current_backbone", self._current_label),
-                             ("pretrained_radio", self._pretrained_radio),
-                             ("scratch_radio", self._scratch_radio),
-                             ("local_radio", self._local_radio),
-                             ("weights_path_edit", self._path_edit),
-                             ("weights_browse_button", self._path_button),
-                             ("weights_status", self._weights_status),
                              ("head_combo", self._head_combo),
                              ("hidden_spin", self._hidden_spin),
                              ("dropout_spin", self._dropout_spin),
@@ -189,52 +166,6 @@ class BackbonePanel(QWidget):
         table.selectionModel().currentRowChanged.connect(self._on_table_current_row_changed)
         self._table = table
         self._update_count()
-
-    def _build_weights(self) -> QGroupBox:
-        box = QGroupBox("Starting weights")
-        self._pretrained_radio = QRadioButton("Pretrained (ImageNet)")
-        self._pretrained_radio.setToolTip("Start from the backbone's ImageNet weights: the best "
-                                          "choice for most datasets")
-        self._scratch_radio = QRadioButton("None — train from scratch")
-        self._scratch_radio.setToolTip("Start from random weights; needs far more images and "
-                                       "epochs")
-        self._local_radio = QRadioButton("Local file…")
-        self._local_radio.setToolTip("Start from a .safetensors/.pth/.pt state dict on disk "
-                                     "(for example a checkpoint of an earlier run)")
-        self._weights_group = QButtonGroup(self)
-        for button_id, radio in enumerate((self._pretrained_radio, self._scratch_radio,
-                                           self._local_radio)):
-            self._weights_group.addButton(radio, button_id)
-        self._weights_group.idToggled.connect(self._on_weights_group_id_toggled)
-
-        self._path_edit = QLineEdit()
-        self._path_edit.setPlaceholderText("path to a .safetensors, .pth or .pt file")
-        self._path_edit.setToolTip("The weights file to start from; tensors that do not fit "
-                                   "the model (its old head) are skipped")
-        self._path_edit.setClearButtonEnabled(True)
-        self._path_edit.editingFinished.connect(self._on_path_edit_editing_finished)
-        self._path_button = QPushButton("Browse…")
-        self._path_button.setToolTip("Choose a weights file in a file dialog")
-        self._path_button.clicked.connect(self._on_path_button_clicked)
-
-        self._weights_status = QLabel()
-        self._weights_status.setWordWrap(True)
-        self._weights_status.setTextFormat(Qt.TextFormat.PlainText)
-        self._weights_status.setTextInteractionFlags(
-            Qt.TextInteractionFlag.TextSelectableByMouse)
-        self._weights_status.setMinimumHeight(self.fontMetrics().height() * 2)
-        self._weights_status.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-
-        grid = QGridLayout(box)
-        grid.addWidget(self._pretrained_radio, 0, 0, 1, 3)
-        grid.addWidget(self._scratch_radio, 1, 0, 1, 3)
-        grid.addWidget(self._local_radio, 2, 0)
-        grid.addWidget(self._path_edit, 2, 1)
-        grid.addWidget(self._path_button, 2, 2)
-        grid.addWidget(self._weights_status, 3, 0, 1, 3)
-        grid.setColumnStretch(1, 1)
-        grid.setRowStretch(3, 1)
-        return box
 
     def _build_head(self) -> QGroupBox:
         box = QGroupBox("Head and input")
@@ -302,48 +233,10 @@ class BackbonePanel(QWidget):
                 fields["weights"] = "default"
         self._update("model", **fields)
 
-    def _on_weights_group_id_toggled(self, button_id: int, checked: bool) -> None:
-        if self._syncing or not checked:
-            return
-        self._path_edit.setEnabled(button_id == LOCAL)
-        self._path_button.setEnabled(button_id == LOCAL)
-        self._awaiting_file = False
-        if button_id == PRETRAINED:
-            self._update("model", weights="default")
-        elif button_id == SCRATCH:
-            self._update("model", weights="none")
-        elif self._path_edit.text().strip():
-            self._write_local_path(self._path_edit.text())
-        else:
-            self._awaiting_file = True
-            self._show_weights_status()
-            self._path_edit.setFocus()
-
-    def _on_path_edit_editing_finished(self) -> None:
-        if self._local_radio.isChecked() and self._path_edit.text().strip():
-            self._write_local_path(self._path_edit.text())
-
-    def _on_path_button_clicked(self) -> None:
-        current = self._path_edit.text().strip()
-        start = str(Path(current).expanduser().parent) if current else str(Path.home())
-        path, _filter = QFileDialog.getOpenFileName(
-            self, "Choose a weights file", start,
-            "Weights (*.safetensors *.pth *.pt);;All files (*)")
-        if path:
-            with QSignalBlocker(self._weights_group):
-                self._local_radio.setChecked(True)
-            self._write_local_path(path)
-
-    def _write_local_path(self, text: str) -> None:
-        # An absolute path: the engine tells a file from a weights name by its separator.
-        path = str(Path(text.strip()).expanduser().absolute())
-        self._awaiting_file = False
-        with QSignalBlocker(self._path_edit):
-            self._path_edit.setText(path)
-        if path != self._project.config.model.weights:
-            self._update("model", weights=path)
-        else:
-            self._show_weights_status()
+    @Slot(str)
+    def _on_weights_box_refused(self, reason: str) -> None:
+        self._refusal = reason
+        self._show_error()
 
     def _on_head_combo_index_changed(self, _index: int) -> None:
         self._write_head()
@@ -390,17 +283,6 @@ class BackbonePanel(QWidget):
         model = config.model
         self._syncing = True
         try:
-            spec = model.weights
-            choice = SCRATCH if spec == "none" else LOCAL if is_weights_file(spec) else PRETRAINED
-            if self._awaiting_file and choice != LOCAL:
-                choice = LOCAL  # keep the user's "Local file…" until a file is chosen
-            with QSignalBlocker(self._weights_group):
-                self._weights_group.button(choice).setChecked(True)
-            if is_weights_file(spec) and not self._path_edit.hasFocus():
-                with QSignalBlocker(self._path_edit):
-                    self._path_edit.setText(spec)
-            self._path_edit.setEnabled(choice == LOCAL)
-            self._path_button.setEnabled(choice == LOCAL)
             with QSignalBlocker(self._head_combo):
                 self._head_combo.setCurrentIndex(max(0, self._head_combo.findData(model.head.kind)))
             with QSignalBlocker(self._hidden_spin):
@@ -413,7 +295,6 @@ class BackbonePanel(QWidget):
             self._select_current(scroll=True)
         finally:
             self._syncing = False
-        self._show_weights_status()
         self._show_error()
 
     def _select_current(self, scroll: bool) -> None:
@@ -452,30 +333,6 @@ class BackbonePanel(QWidget):
         self._count_label.setText(f"{total} models" if shown == total
                                   else f"{shown} of {total} models")
 
-    # -- the weights line -------------------------------------------------------------------
-
-    def _show_weights_status(self) -> None:
-        config = self._project.config
-        name, spec = config.model.backbone, config.model.weights
-        try:
-            info = backbone_info(name)
-        except StudioError as error:
-            self._set_status(sentence(str(error)), ERROR_COLOR)
-            return
-        if self._awaiting_file and not is_weights_file(spec):
-            self._set_status("Choose a .safetensors, .pth or .pt file to start from.", None)
-        elif spec == "none":
-            self._set_status("The backbone starts from random weights: expect to need many "
-                             "more images and epochs than with pretrained weights.", MUTED_COLOR)
-        elif is_weights_file(spec):
-            self._set_status(*_local_file_status(spec))
-        else:
-            self._set_status(*_pretrained_status(info, spec))
-
-    def _set_status(self, text: str, color: str | None) -> None:
-        self._weights_status.setText(text)
-        self._weights_status.setStyleSheet(f"color: {color};" if color else "")
-
     def _show_error(self) -> None:
         """The last refusal, or else a size the chosen backbone cannot take."""
         text = self._refusal
@@ -490,45 +347,8 @@ class BackbonePanel(QWidget):
         self._error.setText(text)
         self._error.setVisible(bool(text))
 
-    def showEvent(self, event: QShowEvent) -> None:
-        super().showEvent(event)
-        self._show_weights_status()  # a download since the panel was last seen
-
-
 def _is_weights_name(spec: str) -> bool:
     return spec not in ("default", "none") and not is_weights_file(spec)
-
-
-def _pretrained_status(info: BackboneInfo, spec: str) -> tuple[str, str]:
-    try:
-        weights = resolve_weights(info.name, spec)
-    except StudioError as error:
-        return sentence(str(error)), ERROR_COLOR
-    if weights is None:
-        return f"{info.name} has no pretrained weights; choose None or a local file.", ERROR_COLOR
-    path = hub_cache_path(weights)
-    label = "" if spec == "default" else f" {weights.name}"
-    if pretrained_available(weights):
-        return f"Pretrained weights{label} are cached ({path}).", OK_COLOR
-    size = f" ({info.file_size_mb:.0f} MB)" if info.file_size_mb and spec == "default" else ""
-    return (f"Not cached: the weights{label}{size} will be downloaded when training starts "
-            f"(needs internet). Offline? Download {weights.url} and save it as {path}, or "
-            f"choose None."), AMBER_COLOR
-
-
-def _local_file_status(spec: str) -> tuple[str, str]:
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return f"{path} is a folder; choose the weights file inside it.", ERROR_COLOR
-    if not path.is_file():
-        return (f"Weights file {path} does not exist; choose another file, or Pretrained or "
-                f"None."), ERROR_COLOR
-    if path.suffix.lower() not in LOCAL_SUFFIXES:
-        return (f"{path.name} is not a weights file Studio reads; use .safetensors, .pth or "
-                f".pt."), ERROR_COLOR
-    size = path.stat().st_size / 1e6
-    return (f"Weights will be read from {path} ({size:.1f} MB); tensors that do not fit the "
-            f"model, such as an old head, are skipped."), MUTED_COLOR
 
 
 def _current_text(name: str, info: BackboneInfo | None) -> str:
