@@ -13,6 +13,7 @@ import pickle
 import random
 import tempfile
 import zipfile
+from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,11 +207,17 @@ class CheckpointWriter:
         self._pending: Future[list[CheckpointSaved]] | None = None
         self._pending_epoch = 0
 
-    def submit(self, epoch: int, payload: dict[str, Any], best: bool) -> list[CheckpointSaved]:
+    def submit(self, epoch: int, payload: dict[str, Any], best: bool,
+               unchanging: Collection[str] = ()) -> list[CheckpointSaved]:
         """Start writing ``payload`` as epoch ``epoch`` (and best.pt when ``best``); returns
-        the writes that completed since the last call."""
+        the writes that completed since the last call. ``unchanging`` names model tensors that
+        cannot change before the write ends (parameters frozen now and in the next epoch): they
+        are written from the live tensors, which saves a copy of a frozen backbone."""
         done = self.finish()
-        frozen = snapshot(payload)
+        keep = set(unchanging)
+        model = {name: tensor if name in keep else snapshot(tensor)
+                 for name, tensor in payload["model"].items()}
+        frozen = {**snapshot({k: v for k, v in payload.items() if k != "model"}), "model": model}
         self._pending_epoch = epoch
         if self._pool is None:
             future: Future[list[CheckpointSaved]] = Future()

@@ -398,10 +398,15 @@ class Trainer:
         assert parts is not None and placement is not None
         rngs = placement.gather_object(capture_rng())
 
+        # parameters frozen now and in the next epoch's stage cannot change while the file is
+        # written: they need no copy (a head-only run copies the head, not the backbone)
+        same_stage = parts.stage_spec(epoch + 1)[0] == parts.stage_index
+        unchanging = parts.frozen if same_stage else ()
+
         def write() -> list[CheckpointSaved]:  # on a thread: the next epoch does not wait
             assert self.writer is not None
             payload = run_checkpoint(parts, self.state, self.stepper.scaler, epoch, rngs)
-            return self.writer.submit(epoch, payload, is_best)
+            return self.writer.submit(epoch, payload, is_best, unchanging)
 
         self._saved(placement.on_main(write))
 
