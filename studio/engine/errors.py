@@ -67,5 +67,5 @@ def os_error_sentence(error: OSError, doing: str, remedy: str | None = None) -> 
     """One sentence: ``doing`` (e.g. "saving the checkpoint") failed on which path, why, and
     what to do; ``remedy`` replaces the generic advice where the caller knows better."""
     reason, generic = explain_os_error(error)
-    where = f" {error.filename}" if error.filename else ""
-    return f"{doing}{where} failed: {reason}; {remedy or generic}"
+    where = f" at {error.filename}" if error.filename else ""
+    return f"{doing} failed{where}: {reason}; {remedy or generic}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -41,6 +42,8 @@ if TYPE_CHECKING:  # torch loads only when a run is opened: listing and config e
     from torch import nn
 
     from studio.engine.images import Preprocessing
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("best", "last")
 
@@ -177,10 +180,15 @@ class MetricsWriter(Callback):
                          "seconds": round(event.seconds, 3), "detail": event.detail})
 
     def on_fit_end(self, event: FitEnded) -> None:
-        self._write({"event": "fit_end", "outcome": event.outcome.value,
-                     "message": event.message, "epochs_completed": event.epochs_completed,
-                     "best_epoch": event.best_epoch, "best_metric": event.best_metric,
-                     "seconds": event.seconds, "time": time.time(), **self.extra_end})
+        record = {"event": "fit_end", "outcome": event.outcome.value,
+                  "message": event.message, "epochs_completed": event.epochs_completed,
+                  "best_epoch": event.best_epoch, "best_metric": event.best_metric,
+                  "seconds": event.seconds, "time": time.time(), **self.extra_end}
+        try:
+            self._write(record)
+        except OSError:  # a full disk ended the run: its end is told, the record is lost
+            log.warning("could not record the end of the run in %s", self.paths.metrics,
+                        exc_info=True)
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

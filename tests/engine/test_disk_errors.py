@@ -199,3 +199,26 @@ def test_the_checkpoint_writer_saves_a_snapshot_and_links_the_best(tmp_path: Pat
     writer.close()
     assert load_checkpoint(paths.last)["epoch"] == 2 and writer.saved_epoch == 2
     assert load_checkpoint(paths.best)["epoch"] == 1  # the link kept the best epoch's file
+
+
+def test_a_full_disk_while_recording_metrics_ends_the_run_with_a_sentence(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from studio.engine.runs import MetricsWriter
+
+    real_write = MetricsWriter._write
+
+    def write(self: MetricsWriter, record: dict[str, Any]) -> None:
+        if record["event"] in ("fit_end", "epoch") and record.get("epoch", 2) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.paths.metrics))
+        real_write(self, record)
+
+    monkeypatch.setattr(MetricsWriter, "_write", write)
+    run = tmp_path / "run"
+    result = Trainer(tiny_config(tiny_dataset), run).fit()
+
+    assert result.outcome is Outcome.FAILED
+    assert result.message == (
+        f"training failed at {run / 'metrics.jsonl'}: the disk is full; free some space on that "
+        f"disk, then continue with `studio train --resume {run}` (the last good checkpoint, "
+        f"of epoch 1, is kept)")
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
