@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
+
+from studio.resources import ICON_SIZES, icon_path, style_sheet
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,20 @@ def create_app(argv: list[str] | None = None) -> object:
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
     app.setStyle("Fusion")
-    style = Path(__file__).resolve().parents[1] / "resources" / "style.qss"
-    if style.is_file():
-        app.setStyleSheet(style.read_text(encoding="utf-8"))
+    app.setStyleSheet(style_sheet())
+    app.setWindowIcon(app_icon())
     return app
+
+
+def app_icon() -> object:
+    """The app icon at every rendered size, so each window manager picks a sharp one."""
+    from PySide6.QtCore import QSize
+    from PySide6.QtGui import QIcon
+
+    icon = QIcon()
+    for size in ICON_SIZES:
+        icon.addFile(str(icon_path(size)), QSize(size, size))
+    return icon
 
 
 def build_window(project_file: str | None = None, demo: bool = False,
