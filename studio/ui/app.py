@@ -78,6 +78,12 @@ def _import_engine() -> None:
 
 def run(project_file: str | None = None, demo: bool = False) -> int:
     """Show a splash at once, import torch in a thread meanwhile, then open the window."""
+    from studio.check import window_blocker
+
+    blocker = window_blocker()  # Qt would abort with a message that names no library
+    if blocker is not None:
+        print(f"error: {blocker}", file=sys.stderr)
+        return 1
     import threading
 
     from PySide6.QtCore import Qt, QTimer
