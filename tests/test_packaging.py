@@ -89,3 +89,34 @@ def test_wheel_ships_the_resources_and_an_installed_copy_finds_them(tmp_path: Pa
     assert Path(location).is_relative_to(target)
     assert images == "300"
     assert flags == "True True True True"
+
+
+def test_desktop_entry_runs_studio_with_the_app_icon() -> None:
+    import configparser
+
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.optionxform = str  # type: ignore[assignment,method-assign] - keys are case-sensitive
+    entry.read(ROOT / "packaging" / "linux" / "finetune-studio.desktop", encoding="utf-8")
+    desktop = entry["Desktop Entry"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "scripts"]
+    assert desktop["Type"] == "Application" and desktop["Name"] == "Finetune Studio"
+    assert desktop["Exec"].split()[0] in scripts
+    assert desktop["Icon"] == "finetune-studio" == icon_svg().stem
+    assert {"Science", "Development", "Graphics"} <= set(desktop["Categories"].split(";"))
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="a POSIX shell")
+def test_install_desktop_entry_puts_menu_entry_and_icons_in_the_home(tmp_path: Path) -> None:
+    script = ROOT / "packaging" / "linux" / "install-desktop-entry.sh"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("XDG_DATA_HOME", None)
+    subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True, timeout=60)
+    data = tmp_path / ".local" / "share"
+    assert (data / "applications" / "finetune-studio.desktop").is_file()
+    for size in ICON_SIZES:
+        installed = data / "icons" / "hicolor" / f"{size}x{size}" / "apps" / "finetune-studio.png"
+        assert installed.read_bytes() == icon_path(size).read_bytes()
+    subprocess.run(["sh", str(script), "--uninstall"], env=env, check=True, capture_output=True,
+                   timeout=60)
+    assert not list(data.rglob("finetune-studio*"))

@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 ORGANIZATION = "FinetuneStudio"
 APPLICATION = "Finetune Studio"
+DESKTOP_ENTRY = "finetune-studio"  # packaging/linux/finetune-studio.desktop
 
 
 def demo_config() -> object:
@@ -38,6 +39,7 @@ def create_app(argv: list[str] | None = None) -> object:
         app.studio_gc = GarbageCollector(interval=1.0)  # type: ignore[attr-defined]
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
+    app.setDesktopFileName(DESKTOP_ENTRY)  # Wayland and docks match the window to its entry
     app.setStyle("Fusion")
     app.setStyleSheet(style_sheet())
     app.setWindowIcon(app_icon())
