@@ -120,3 +120,19 @@ def test_install_desktop_entry_puts_menu_entry_and_icons_in_the_home(tmp_path: P
     subprocess.run(["sh", str(script), "--uninstall"], env=env, check=True, capture_output=True,
                    timeout=60)
     assert not list(data.rglob("finetune-studio*"))
+
+
+def test_the_frozen_app_accepts_how_training_processes_are_started() -> None:
+    """Frozen, sys.executable is the app; `python -u -m studio train …` must reach train."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("launcher", ROOT / "packaging" / "launcher.py")
+    assert spec is not None and spec.loader is not None
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    drop = launcher.drop_interpreter_arguments
+    assert drop(["-m", "studio", "train", "--config", "run.toml"]) == (
+        ["train", "--config", "run.toml"], False)
+    assert drop(["-u", "-m", "studio", "train"]) == (["train"], True)
+    assert drop(["--self-test"]) == (["--self-test"], False)
+    assert drop(["-m", "torch.distributed.run"]) == (["-m", "torch.distributed.run"], False)
