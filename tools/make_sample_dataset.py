@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 CLASSES = {digit: str(digit) for digit in range(5)}
 PER_CLASS = 60
 SIZE = 32
-OUT = Path(__file__).resolve().parents[1] / "studio" / "resources" / "sample_digits"
+OUT = Path(__file__).resolve().parents[1] / "resources" / "sample_digits"
 
 
 def main() -> None:

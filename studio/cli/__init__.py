@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     parser.add_argument("--demo", action="store_true",
                         help="open the app with the bundled sample dataset, ready to train")
+    parser.add_argument("--check", action="store_true",
+                        help="list what the desktop window needs that this system lacks (system "
+                             "libraries with their packages, a display, torch, onnxruntime); "
+                             "exit 1 if anything is missing")
+    parser.add_argument("--self-test", action="store_true",
+                        help="open the window offscreen and run torch, torchvision, Qt and "
+                             "onnxruntime once each; exit 1 if any fails")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gui = commands.add_parser("gui", help="open the desktop app (the default command)")
@@ -68,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # what a launcher hands on to the processes it starts
     setup_logging(args.verbose)
-    if args.command is None:
+    if args.check or args.self_test:  # whatever else is asked: these answer whether it can run
+        args.handler = _cmd_check if args.check else _cmd_self_test
+    elif args.command is None:
         args.handler, args.project = _cmd_gui, None
     from studio.engine.errors import StudioError, os_error_sentence
 
@@ -78,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StudioError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # `studio models | head`: the reader left, which is fine
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return EXIT_OK
     except OSError as error:  # a path the user gave or a disk: a sentence, the rest in the log
         log.info("%s failed", args.command, exc_info=True)
         print(f"error: {os_error_sentence(error, command)}", file=sys.stderr)
@@ -85,9 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `studio models | head`: the reader left, which is fine
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        return EXIT_OK
     except Exception as error:  # a bug: one sentence here, the traceback in the log file
         print(f"error: {log_unexpected(log, command + ' failed', error)}", file=sys.stderr)
         return EXIT_ERROR
@@ -101,6 +110,21 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     from studio.ui.app import run
 
     return run(project_file=args.project, demo=args.demo)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from studio.check import run_checks
+
+    report = run_checks()
+    print(f"Finetune Studio {__version__}: what the window needs\n")
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _cmd_self_test(args: argparse.Namespace) -> int:
+    from studio.ui.self_test import run_self_test
+
+    return run_self_test()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
+
+from studio.resources import ICON_SIZES, icon_path, style_sheet
 
 log = logging.getLogger(__name__)
 
 ORGANIZATION = "FinetuneStudio"
 APPLICATION = "Finetune Studio"
+DESKTOP_ENTRY = "finetune-studio"  # packaging/linux/finetune-studio.desktop
 
 
 def demo_config() -> object:
@@ -42,11 +44,22 @@ def create_app(argv: list[str] | None = None) -> object:
         app.studio_gc = GarbageCollector(interval=1.0)  # type: ignore[attr-defined]
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
+    app.setDesktopFileName(DESKTOP_ENTRY)  # Wayland and docks match the window to its entry
     app.setStyle("Fusion")
-    style = Path(__file__).resolve().parents[1] / "resources" / "style.qss"
-    if style.is_file():
-        app.setStyleSheet(style.read_text(encoding="utf-8"))
+    app.setStyleSheet(style_sheet())
+    app.setWindowIcon(app_icon())
     return app
+
+
+def app_icon() -> object:
+    """The app icon at every rendered size, so each window manager picks a sharp one."""
+    from PySide6.QtCore import QSize
+    from PySide6.QtGui import QIcon
+
+    icon = QIcon()
+    for size in ICON_SIZES:
+        icon.addFile(str(icon_path(size)), QSize(size, size))
+    return icon
 
 
 def build_window(project_file: str | None = None, demo: bool = False,
@@ -102,6 +115,12 @@ def _import_engine() -> None:
 
 def run(project_file: str | None = None, demo: bool = False) -> int:
     """Show a splash at once, import torch in a thread meanwhile, then open the window."""
+    from studio.check import window_blocker
+
+    blocker = window_blocker()  # Qt would abort with a message that names no library
+    if blocker is not None:
+        print(f"error: {blocker}", file=sys.stderr)
+        return 1
     import threading
 
     from PySide6.QtCore import Qt, QTimer
