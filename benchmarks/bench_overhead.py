@@ -10,7 +10,7 @@ measures, each in its own interpreter:
   run folder (feature cache, epochs, the rest);
 - ``tutorial``: the PyTorch fine-tuning tutorial loop on the same data for the same epochs.
 
-and prints wall seconds and peak memory (the process and its DataLoader workers together), the
+and prints wall seconds and peak resident memory (the kernel's high-water mark), the
 ratio of studio's wall time to (import + frozen forward), and studio's peak memory against the
 tutorial loop's. Targets (issue 12): ratio ≤ 1.2, peak memory at or below the tutorial's.
 
@@ -69,41 +69,29 @@ print(figures.val_accuracy)
 """
 
 
+# A small process starts each measured one: a child's high-water mark starts from its parent's
+# resident size at fork, so measured from this (large) process every child would read the same.
+LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as handle:
+    handle.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def measure(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, the peak memory of the process and all its children together (the sum of
-    their proportional set sizes, sampled every 20 ms: pages a forked DataLoader worker shares
-    count once), in MB, and its stdout."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Wall seconds, the peak resident memory in MB (the kernel's high-water mark of the
+    process, or of a DataLoader worker it started if that was larger), and its stdout."""
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch) / "peak"
         began = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env,
-                                   cwd=ROOT)
-        peak = 0
-        while process.poll() is None:
-            peak = max(peak, _tree_pss(process.pid))
-            time.sleep(0.02)
+        done = subprocess.run([sys.executable, "-c", LAUNCHER, str(peak_file), *command],
+                              capture_output=True, text=True, env=env, cwd=ROOT)
         wall = time.perf_counter() - began
-        out.seek(0)
-        err.seek(0)
-        if process.returncode:
-            raise SystemExit(f"{' '.join(command[:4])} … failed:\n{err.read()[-3000:]}")
-        return wall, peak / 1e6, out.read()
-
-
-def _tree_pss(pid: int) -> int:
-    """Bytes: the proportional set size of ``pid`` and its descendants (Linux /proc)."""
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue  # it ended between two reads
-    return total
+        if done.returncode:
+            raise SystemExit(f"{' '.join(command[:4])} … failed:\n{done.stderr[-3000:]}")
+        return wall, int(peak_file.read_text()) / 1024, done.stdout
 
 
 def run_one(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -116,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=180, help="train + val images")
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="studio's precision (auto: what a user gets; fp32: as on a CPU "
+                             "without bf16, like the tutorial loop)")
     parser.add_argument("--smoke", action="store_true", help="32 px, 24 images, 2 epochs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -145,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
              "--backbone", "resnet18", "--weights", str(weights), "--image-size", str(args.size),
              "--freeze-preset", "head_only", "--augment", "none", "--epochs", str(args.epochs),
              "--batch-size", "32", "--optimizer", "sgd", "--schedule", "none",
-             "--base-lr", "0.01"], env)
+             "--base-lr", "0.01", "--precision", args.precision], env)
         tutorial_wall, tutorial_peak, _ = run_one(
             [python, "-c", TUTORIAL, str(data), str(weights), str(args.epochs), str(args.size),
              str(ROOT / "benchmarks")], env)
@@ -157,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     epochs = sum(r.get("seconds", 0.0) for r in records if r.get("event") == "epoch")
     floor = floor_wall  # import + build + decode + one frozen forward per image
     cpu = _cpu_name()
-    print(f"resnet18 @ {args.size} px, {args.images} images, head only, {args.epochs} epochs; "
+    print(f"resnet18 @ {args.size} px, {args.images} images, head only, {args.epochs} epochs, "
+          f"studio precision {args.precision}; "
           f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}")
     print(f"{'':<34}{'wall s':>8}{'peak MB':>9}")
     print(f"{'import torch, torchvision':<34}{imports:8.1f}")

@@ -135,7 +135,7 @@ class FeedPlanner:
             def for_view(view: int) -> Any:
                 torch.manual_seed(seed * 7919 + view)
                 loader = DataLoader(FolderDataset(samples, transform),
-                                    batch_size=max(cfg.train.batch_size, 64), shuffle=False,
+                                    batch_size=cfg.train.batch_size, shuffle=False,
                                     generator=torch.Generator().manual_seed(seed + view),
                                     **parts.loader_settings)
                 return (images for images, _ in loader)
