@@ -93,7 +93,8 @@ def test_train_writes_a_run_folder_and_reports_in_plain_lines(
 def test_without_out_the_run_goes_under_the_runs_root_the_app_uses(
         data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from studio.engine.runs import default_runs_root, list_runs
+    from studio.engine.history import list_runs
+    from studio.engine.runs import default_runs_root
 
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "all-runs"))
     assert default_runs_root() == tmp_path / "all-runs"

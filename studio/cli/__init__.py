@@ -18,6 +18,7 @@ from typing import Any
 from studio import __version__
 from studio.cli.common import EXIT_ERROR, EXIT_OK, Progress
 from studio.cli.evaluate import add_eval_parsers, add_export_parser
+from studio.cli.runs import add_runs_parser
 from studio.cli.train import add_train_parser
 from studio.engine.logs import log_unexpected, setup_logging
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_export_parser(commands)
     add_eval_parsers(commands)
+    add_runs_parser(commands)
 
     zoo = commands.add_parser("models", help="list the torchvision backbones")
     zoo.add_argument("filter", nargs="?", default="", help="show names containing this text")

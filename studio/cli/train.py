@@ -29,6 +29,9 @@ def add_train_parser(commands: Any) -> None:
     where.add_argument("--head", choices=["linear", "mlp"], help="classifier head")
     where.add_argument("--config", metavar="RUN_CONFIG.toml", help="start from a saved config")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    where.add_argument("--rerun", metavar="RUN_DIR",
+                       help="run RUN_DIR's exact config again (same seed) into --out; says "
+                            "first what changed since (dataset files, library versions)")
     data = train.add_argument_group("data handling")
     data.add_argument("--image-size", type=int, metavar="N", help="input size in pixels")
     data.add_argument("--augment", choices=["none", "light", "standard", "strong"])
@@ -206,7 +209,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             preflight(config, args, processes)
             return launch(args.argv, args, processes)
         return _fit(args, None)
-    config = config_from_args(args)
+    if args.rerun:
+        config = _rerun_config(args)
+    else:
+        config = config_from_args(args)
     if not config.data.root:
         raise StudioError("no dataset given; pass --data DIR (a folder with one subfolder "
                           "per class), --sample, or --config")
@@ -228,6 +234,29 @@ def _fetch_weights(config: Any) -> None:
     weights = weights_to_download(config.model)
     if weights is not None:
         ensure_pretrained(config.model, DownloadProgress(hub_cache_path(weights).name))
+
+
+def _rerun_config(args: argparse.Namespace) -> Any:
+    """The config a run ran with (its data folder resolved), after saying what changed."""
+    from studio.cli.runs import rerun_notes
+    from studio.engine.config import RunConfig
+    from studio.engine.errors import StudioError
+    from studio.engine.runs import RunPaths
+
+    paths = RunPaths(args.rerun)
+    if not paths.config.is_file():
+        raise StudioError(f"{args.rerun} is not a run folder (it has no config.toml); re-run a "
+                          f"folder that `studio train --out` wrote")
+    if args.config or args.resume:
+        raise StudioError("--rerun takes the run's own config; leave out --config and --resume")
+    config = RunConfig.load(paths.config)
+    notes = rerun_notes(str(paths.root), config)
+    if notes:
+        print(f"note: {'; '.join(notes)}", file=sys.stderr)
+    else:
+        print("note: the dataset and the library versions are the same as in that run",
+              file=sys.stderr)
+    return config
 
 
 def _fit(args: argparse.Namespace, config: Any) -> int:
@@ -254,13 +283,16 @@ def _fit(args: argparse.Namespace, config: Any) -> int:
     if args.resume:
         trainer = Trainer.resume_run(args.resume, epochs=args.epochs, callbacks=callbacks,
                                      placement=placement,
-                                     processes=placement.local_world_size)
+                                     processes=placement.local_world_size,
+                                     command=["studio", *args.argv])
     else:
         if config.train.processes != placement.local_world_size:  # torchrun run by hand
             config = config.replace(train=dataclasses.replace(
                 config.train, processes=placement.local_world_size))
         out = args.out or str(new_run_dir(None, config.model.backbone))
-        trainer = Trainer(config, out, callbacks=callbacks, placement=placement)
+        trainer = Trainer(config, out, callbacks=callbacks, placement=placement,
+                          command=["studio", *args.argv],
+                          rerun_of=str(args.rerun) if args.rerun else None)
 
     stop = threading.Event()
 

@@ -56,6 +56,8 @@ class RunPaths:
         self.config = self.root / "config.toml"
         self.labels = self.root / "labels.json"
         self.metrics = self.root / "metrics.jsonl"
+        self.record = self.root / "run.json"  # what produced the run (engine/record.py)
+        self.dataset_files = self.root / "dataset_files.json.gz"  # the fingerprinted file list
         self.checkpoints = self.root / "checkpoints"
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
@@ -208,65 +210,6 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def epoch_records(run_dir: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
     """Epoch number → its metrics line; a resumed run may repeat an epoch, the last counts."""
     return {int(r["epoch"]): r for r in read_metrics(run_dir) if r.get("event") == "epoch"}
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    path: Path
-    name: str
-    status: str  # completed, early_stopped, cancelled, failed, or unfinished
-    backbone: str
-    dataset: str
-    epochs: int  # completed
-    planned: int
-    best_metric: float | None
-    best_epoch: int | None
-    monitor: str
-    started: float | None  # seconds since the epoch
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "name": self.name, "status": self.status,
-                "backbone": self.backbone, "dataset": self.dataset, "epochs": self.epochs,
-                "planned": self.planned, "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch, "monitor": self.monitor,
-                "started": self.started, "seconds": self.seconds}
-
-
-def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary | None:
-    """What a run folder holds, from its config and metrics; None if it is not a run."""
-    paths = RunPaths(run_dir)
-    try:
-        config = RunConfig.load(paths.config)
-    except StudioError:
-        return None
-    records = read_metrics(paths.root)
-    starts = [r for r in records if r.get("event") == "fit_start"]
-    last_start = max((i for i, r in enumerate(records) if r.get("event") == "fit_start"),
-                     default=-1)
-    ends = [r for r in records[last_start + 1:] if r.get("event") == "fit_end"]
-    epochs = epoch_records(paths.root)
-    end = ends[-1] if ends else None
-    return RunSummary(
-        path=paths.root, name=paths.root.name,
-        status=str(end["outcome"]) if end else "unfinished",
-        backbone=config.model.backbone, dataset=config.data.root,
-        epochs=max(epochs, default=0), planned=config.train.epochs,
-        best_metric=end.get("best_metric") if end else None,
-        best_epoch=end.get("best_epoch") if end else None, monitor=config.train.monitor,
-        started=starts[0].get("time") if starts else None,
-        seconds=sum(float(r.get("seconds") or 0) for r in records
-                    if r.get("event") == "fit_end"))
-
-
-def list_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
-    """The runs directly under ``root`` (default: :func:`default_runs_root`), newest first."""
-    base = Path(root) if root is not None else default_runs_root()
-    if not base.is_dir():
-        return []
-    found = [summarize_run(child) for child in base.iterdir() if child.is_dir()]
-    runs = [run for run in found if run is not None]
-    return sorted(runs, key=lambda r: (r.started or 0.0, r.name), reverse=True)
 
 
 class RunError(StudioError):

@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -35,7 +35,7 @@ from studio.engine.checkpoint import (
 )
 from studio.engine.config import RunConfig
 from studio.engine.data import DatasetScan
-from studio.engine.errors import StudioError, explain_os_error, os_error_sentence
+from studio.engine.errors import DiskError, StudioError, explain_os_error, os_error_sentence
 from studio.engine.events import (
     BatchEnded,
     Callback,
@@ -52,6 +52,7 @@ from studio.engine.logs import log_unexpected
 from studio.engine.optim import Schedule, Stepper, current_lrs
 from studio.engine.params import count_params
 from studio.engine.parts import Parts, build_parts, shared_state, unused_trainable
+from studio.engine.record import write_record
 from studio.engine.runs import (
     MetricsWriter,
     RunPaths,
@@ -75,7 +76,8 @@ class Trainer:
 
     def __init__(self, config: RunConfig | None, run_dir: str | os.PathLike[str],
                  callbacks: Iterable[Callback] = (), *, resume: bool = False,
-                 scan: DatasetScan | None = None, placement: Placement | None = None) -> None:
+                 scan: DatasetScan | None = None, placement: Placement | None = None,
+                 command: Sequence[str] | str = "app", rerun_of: str | None = None) -> None:
         self.config = config  # None on a process that receives it from rank 0
         self.paths = RunPaths(run_dir)
         self.callbacks: list[Callback] = list(callbacks)
@@ -86,13 +88,16 @@ class Trainer:
         self.parts: Parts | None = None
         self.writer: CheckpointWriter | None = None  # rank 0's, from setup on
         self._ends: dict[str, Any] = {}  # facts for the fit_end record (replicas)
+        self.command = command  # what run.json says started the run: a command line, or "app"
+        self.rerun_of = rerun_of
         self.told_by_main = False  # the failure was rank 0's, and rank 0 reported it
         self._started = time.monotonic()
 
     @classmethod
     def resume_run(cls, run_dir: str | os.PathLike[str], epochs: int | None = None,
                    callbacks: Iterable[Callback] = (), placement: Placement | None = None,
-                   processes: int | None = None) -> Trainer:
+                   processes: int | None = None, command: Sequence[str] | str = "app"
+                   ) -> Trainer:
         """A trainer that continues ``run_dir`` from its last completed epoch (with
         ``epochs`` as the new end, and ``processes`` as now, if given)."""
         config = None
@@ -106,7 +111,8 @@ class Trainer:
             changes = {k: v for k, v in changes.items() if v is not None}
             if changes:
                 config = config.replace(train=dataclasses.replace(config.train, **changes))
-        return cls(config, run_dir, callbacks, resume=True, placement=placement)
+        return cls(config, run_dir, callbacks, resume=True, placement=placement,
+                   command=command)
 
     @property
     def model(self) -> nn.Module:
@@ -185,6 +191,7 @@ class Trainer:
                 self.writer.saved_epoch = self.state.epoch
         else:
             placement.on_main(lambda: create_run_folder(self.paths, cfg, parts.scan))
+        placement.on_main(lambda: self._write_record(checkpoint is not None))
         self.start_epoch = start
         self.planner = FeedPlanner(parts, lambda report: self._emit("on_cache", report))
         self.feed: Feed = self.planner.images()
@@ -202,6 +209,17 @@ class Trainer:
         for message in [*parts.scan.warnings, *parts.built.notes]:
             self._emit("on_warning", WarningIssued(message))
         self._announce_stage(start)
+
+    def _write_record(self, resumed: bool) -> None:
+        parts, placement = self.parts, self.placement
+        assert parts is not None and placement is not None
+        try:
+            write_record(self.paths.record, self.paths.dataset_files, config=parts.config,
+                         scan=parts.scan, device=str(parts.device), precision=parts.precision,
+                         processes=placement.world_size, command=self.command,
+                         rerun_of=self.rerun_of, resumed=resumed)
+        except OSError as error:
+            raise DiskError(os_error_sentence(error, "writing the run's record")) from error
 
     def _announce_stage(self, epoch: int) -> None:
         parts = self.parts
