@@ -13,12 +13,13 @@ import logging
 import os
 import shutil
 import time
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.engine.config import RunConfig, to_dict
+from studio.engine.config import RunConfig
 from studio.engine.errors import StudioError, explain_os_error
 from studio.engine.record import process_alive, read_record
 from studio.engine.runs import RunPaths, default_runs_root, read_metrics
@@ -177,24 +178,33 @@ class FieldChange:
     new: Any
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A RunConfig's fields as dotted names → plain values (lists of scalars stay whole)."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(value, list) and any(isinstance(item, dict) for item in value):
-        out = {f"{prefix}.count": len(value)}
-        for index, item in enumerate(value):
-            out.update(flatten(item, f"{prefix}[{index}]"))
-        return out
-    return {prefix: value}
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A RunConfig's fields as dotted names → plain values. A tuple of sections (parameter
+    groups, stages) is its length under its own name, then each item as ``name[i].field``."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        name = f"{prefix}.{field.name}" if prefix else field.name
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, name))
+        elif _holds_sections(hints.get(field.name)):
+            out[name] = len(value)
+            for index, item in enumerate(value):
+                out.update(flatten(item, f"{name}[{index}]"))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _holds_sections(hint: Any) -> bool:
+    args = typing.get_args(hint)
+    return bool(args) and isinstance(args[0], type) and dataclasses.is_dataclass(args[0])
 
 
 def config_diff(old: RunConfig, new: RunConfig) -> list[FieldChange]:
     """Every field that differs, in the order the config declares them."""
-    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    a, b = flatten(old), flatten(new)
     names = list(a) + [name for name in b if name not in a]
     return [FieldChange(name, a.get(name), b.get(name)) for name in names
             if a.get(name) != b.get(name)]
