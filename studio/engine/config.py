@@ -8,6 +8,7 @@ dotted path (``optim.groups[1].lr``) so a user can find the line in their file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import tempfile
@@ -335,11 +336,18 @@ def to_dict(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Resolved once per class: resolving them is most of loading a config (listing 500 runs
+    loads 500)."""
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type[T], raw: Any, path: str = "") -> T:
     """Build dataclass ``cls`` from ``raw``, naming the dotted path of any bad field."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path or 'config'} must be a table; got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - names)
     if unknown:

@@ -220,6 +220,10 @@ def test_bundle_writes_every_format_verified(bundle: export.ExportReport,
     assert onnx_entry["top1_agreement"] == 1.0 and onnx_entry["max_abs_diff"] < 1e-3
     assert by_format["torchscript"]["max_abs_diff"] < 1e-4
     assert RunConfig.from_toml((folder / "config.toml").read_text()).model.backbone == "resnet18"
+    record = json.loads((folder / "run.json").read_text())  # the run's reproducibility record
+    assert record == json.loads((run_dir / "run.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert f"torch {record['torch']}" in card and "`run.json`" in card
 
 
 def test_onnx_runs_in_onnxruntime_with_metadata_and_a_dynamic_batch(

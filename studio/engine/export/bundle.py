@@ -13,6 +13,7 @@ from typing import Any
 from studio import __version__
 from studio.engine.export.results import ExportReport
 from studio.engine.export.verify import ATOL, RANDOM_BATCH, RTOL
+from studio.engine.record import read_record
 from studio.engine.runs import OpenedRun as _Run
 from studio.engine.runs import epoch_records
 
@@ -57,7 +58,20 @@ def model_card(run: _Run, report: ExportReport) -> str:
     lines += [f"- {cfg.train.epochs} epochs planned, batch {cfg.train.batch_size}, "
               f"{cfg.optim.optimizer} at lr {cfg.optim.lr:g}, {cfg.optim.schedule} schedule, "
               f"augmentation {cfg.data.augment}, seed {cfg.train.seed}",
-              "- The full training configuration is `config.toml`.", "",
+              "- The full training configuration is `config.toml`."]
+    record = read_record(run.run_dir)
+    if record is not None:
+        fingerprint = record.get("dataset", {}).get("fingerprint", {})
+        splits = record.get("dataset", {}).get("splits", {})
+        lines += [f"- Trained with torch {record.get('torch')}, torchvision "
+                  f"{record.get('torchvision')}, Python {record.get('python')} on "
+                  f"{record.get('device_name') or record.get('device')} "
+                  f"({record.get('precision')}), seed {record.get('seed')}"
+                  f"{', deterministic' if record.get('deterministic') else ''}",
+                  f"- Dataset: {', '.join(f'{n} {k}' for k, n in splits.items())} images, "
+                  f"fingerprint `{str(fingerprint.get('hash', ''))[:16]}`; the full record "
+                  f"(versions, command, fingerprint) is `run.json`"]
+    lines += ["",
               "## Files and verification", "",
               f"Each file was run with its own runtime and compared with PyTorch on {inputs}; "
               f"fp32 tolerance rtol {RTOL:g}, atol {ATOL:g}.", "",

@@ -28,6 +28,7 @@ from studio.engine.export.results import ExportError, ExportReport, FormatResult
 from studio.engine.export.torch_formats import export_safetensors, export_torchscript
 from studio.engine.export.verify import CheckSet, make_check_set
 from studio.engine.images import FolderDataset, build_transforms
+from studio.engine.record import read_record
 from studio.engine.runs import OpenedRun as _Run
 from studio.engine.runs import open_run, preprocessing_from_json
 
@@ -278,6 +279,10 @@ def _bundle(run: _Run, out_dir: Path, opset: int | None, say: Progress) -> Expor
     except ExportError as error:
         _fail(report, error)
     atomic_write_text(out_dir / "config.toml", run.config_text)
+    record = read_record(run.run_dir)
+    if record is not None:  # how the model was made, for whoever receives the bundle
+        atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2,
+                                                           ensure_ascii=False) + "\n")
     atomic_write_text(out_dir / "predict.py", PREDICT_PY)
     atomic_write_text(out_dir / "README.md", model_card(run, report))
     _finish(report)
