@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from studio.engine.checkpoint import load_checkpoint
 from studio.engine.config import OptimConfig, ParamGroupSpec, RunConfig, TrainConfig
 from studio.engine.data import scan_folder
 from studio.engine.errors import StudioError
+from studio.engine.events import BatchEnded, Callback, Outcome
 from studio.engine.history import (
     RunFolderError,
     config_diff,
@@ -29,6 +31,7 @@ from studio.engine.history import (
     trash_run,
 )
 from studio.engine.record import read_record, rerun_differences
+from studio.engine.trainer import Trainer
 
 TINY = ["--backbone", "mobilenet_v3_small", "--weights", "none", "--image-size", "32",
         "--device", "cpu", "--precision", "fp32", "--workers", "0", "--batch-size", "8"]
@@ -47,8 +50,21 @@ def history(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     with pytest.MonkeyPatch.context() as patch:  # a run that fails in its first epoch
         patch.setattr("studio.engine.trainer.Trainer._train_epoch", _diverge)
         assert _train(tiny_dataset, root / "broken", "--epochs", "1") == 1
+    stop = threading.Event()
+    stopped = Trainer(RunConfig.load(root / "done" / "config.toml").replace(
+        train=TrainConfig(epochs=3, batch_size=8, workers=0, device="cpu", precision="fp32")),
+        root / "stopped", callbacks=[_StopAfterABatch(stop)])
+    assert stopped.fit(stop).outcome is Outcome.CANCELLED
     (root / "not-a-run").mkdir()
     return root
+
+
+class _StopAfterABatch(Callback):
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def on_batch_end(self, event: BatchEnded) -> None:
+        self.stop.set()
 
 
 def _diverge(*args: Any) -> None:
@@ -57,7 +73,9 @@ def _diverge(*args: Any) -> None:
 
 def test_runs_list_with_their_status_record_and_size(history: Path) -> None:
     runs = {run.name: run for run in list_runs(history)}
-    assert set(runs) == {"done", "broken"}
+    assert set(runs) == {"done", "broken", "stopped"}
+    assert runs["stopped"].status == "stopped" and "stopped during epoch 1" in \
+        runs["stopped"].message
     done = runs["done"]
     assert (done.status, done.epochs, done.planned, done.best_epoch) == ("completed", 2, 2,
                                                                         done.best_epoch)
@@ -78,10 +96,10 @@ def test_studio_runs_prints_the_table_and_json_lines(history: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["runs", str(history)]) == 0
     out = capsys.readouterr().out
-    assert "done" in out and "completed" in out and "failed" in out and "2 runs" in out
+    assert "done" in out and "completed" in out and "failed" in out and "3 runs" in out
     assert main(["runs", str(history), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {line["name"] for line in lines} == {"done", "broken"}
+    assert {line["name"] for line in lines} == {"done", "broken", "stopped"}
     keys = {"path", "name", "status", "backbone", "dataset", "epochs", "best_metric",
             "best_epoch", "started", "seconds"}
     assert all(keys <= set(line) for line in lines)
