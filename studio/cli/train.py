@@ -32,6 +32,9 @@ def add_train_parser(commands: Any) -> None:
     where.add_argument("--rerun", metavar="RUN_DIR",
                        help="run RUN_DIR's exact config again (same seed) into --out; says "
                             "first what changed since (dataset files, library versions)")
+    where.add_argument("--hash-content", action="store_true",
+                       help="run.json also fingerprints every image's bytes (slower to start; "
+                            "a re-run then notices contents changed in place)")
     data = train.add_argument_group("data handling")
     data.add_argument("--image-size", type=int, metavar="N", help="input size in pixels")
     data.add_argument("--augment", choices=["none", "light", "standard", "strong"])
@@ -292,7 +295,8 @@ def _fit(args: argparse.Namespace, config: Any) -> int:
         out = args.out or str(new_run_dir(None, config.model.backbone))
         trainer = Trainer(config, out, callbacks=callbacks, placement=placement,
                           command=["studio", *args.argv],
-                          rerun_of=str(args.rerun) if args.rerun else None)
+                          rerun_of=str(args.rerun) if args.rerun else None,
+                          hash_content=args.hash_content)
 
     stop = threading.Event()
 

@@ -120,7 +120,8 @@ def _boot_id() -> str | None:
 
 def write_record(path: Path, files_path: Path, *, config: Any, scan: Any, device: str,
                  precision: str, processes: int, command: Sequence[str] | str,
-                 rerun_of: str | None = None, resumed: bool = False) -> dict[str, Any]:
+                 rerun_of: str | None = None, resumed: bool = False,
+                 hash_content: bool = False) -> dict[str, Any]:
     """Write ``run.json`` (and the dataset's file list) at the start of a fit. A resumed fit
     keeps the first session's record and appends its own session."""
     entries = scan_entries(scan)
@@ -140,7 +141,8 @@ def write_record(path: Path, files_path: Path, *, config: Any, scan: Any, device
             "command": session["command"], "processes": processes,
             "process": this_process(), "rerun_of": rerun_of,
             "dataset": {"root": str(Path(scan.root).resolve()), "splits": counts,
-                        "classes": list(scan.classes), "fingerprint": fingerprint(entries)},
+                        "classes": list(scan.classes),
+                        "fingerprint": fingerprint(entries, hash_content, scan.root)},
             "sessions": [session],
         }
         write_files(files_path, entries)
@@ -226,6 +228,11 @@ def rerun_differences(run_dir: str | os.PathLike[str], scan: Any) -> list[str]:
             parts = [f"{n} file{'s' if n != 1 else ''} {what}" for n, what in
                      ((changed, "changed"), (added, "added"), (removed, "removed")) if n]
             notes.append(", ".join(parts or ["the labels changed"]) + " since this run")
+    saved_content = record.get("dataset", {}).get("fingerprint", {}).get("content_hash")
+    if saved_content and not notes and fingerprint(entries, True, scan.root)["content_hash"] \
+            != saved_content:  # same names, sizes and times, other bytes
+        notes.append("the images' contents changed since this run (same names, sizes and "
+                     "times)")
     now = environment(record.get("device", "cpu"), record.get("precision", ""))
     for key in ("studio", "torch", "torchvision", "python", "cuda"):
         if record.get(key) != now.get(key):

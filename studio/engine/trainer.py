@@ -77,7 +77,8 @@ class Trainer:
     def __init__(self, config: RunConfig | None, run_dir: str | os.PathLike[str],
                  callbacks: Iterable[Callback] = (), *, resume: bool = False,
                  scan: DatasetScan | None = None, placement: Placement | None = None,
-                 command: Sequence[str] | str = "app", rerun_of: str | None = None) -> None:
+                 command: Sequence[str] | str = "app", rerun_of: str | None = None,
+                 hash_content: bool = False) -> None:
         self.config = config  # None on a process that receives it from rank 0
         self.paths = RunPaths(run_dir)
         self.callbacks: list[Callback] = list(callbacks)
@@ -90,6 +91,7 @@ class Trainer:
         self._ends: dict[str, Any] = {}  # facts for the fit_end record (replicas)
         self.command = command  # what run.json says started the run: a command line, or "app"
         self.rerun_of = rerun_of
+        self.hash_content = hash_content  # run.json also hashes every image's bytes
         self.told_by_main = False  # the failure was rank 0's, and rank 0 reported it
         self._started = time.monotonic()
 
@@ -217,7 +219,8 @@ class Trainer:
             write_record(self.paths.record, self.paths.dataset_files, config=parts.config,
                          scan=parts.scan, device=str(parts.device), precision=parts.precision,
                          processes=placement.world_size, command=self.command,
-                         rerun_of=self.rerun_of, resumed=resumed)
+                         rerun_of=self.rerun_of, resumed=resumed,
+                         hash_content=self.hash_content)
         except OSError as error:
             raise DiskError(os_error_sentence(error, "writing the run's record")) from error
 

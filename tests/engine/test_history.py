@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -195,3 +196,19 @@ def test_rename_and_trash_refuse_what_they_should(history: Path, tmp_path: Path,
     assert list_runs(root) == []
     with pytest.raises(RunFolderError, match="not a run folder"):
         trash_run(root / "missing")
+
+
+def test_a_content_hash_notices_bytes_changed_in_place(tmp_path: Path,
+                                                       make_tiny_dataset: Any) -> None:
+    data = make_tiny_dataset(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    assert _train(data, run, "--epochs", "1", "--hash-content") == 0
+    assert len(read_record(run)["dataset"]["fingerprint"]["content_hash"]) == 64  # type: ignore
+    image = sorted(data.rglob("*.png"))[0]
+    stat = image.stat()
+    raw = bytearray(image.read_bytes())
+    raw[-5] ^= 0xFF  # same size, same modification time, other bytes
+    image.write_bytes(bytes(raw))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert rerun_differences(run, scan_folder(data, 0.2, 0)) == [
+        "the images' contents changed since this run (same names, sizes and times)"]
