@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MATRIX_MAX_IMAGES = 5000  # above this the end of a run would wait too long for the matrix
+MATRIX_INLINE_IMAGES = 500  # fewer are decoded in this process: starting workers costs more
 MATRIX_TEXT_CLASSES = 50  # the counts as a text table too, up to this many classes
 FLUSH_SECONDS = 30  # TensorBoard's writer thread flushes this often (and we at every epoch)
+QUEUE = 256  # events waiting for the writer thread: a put never waits for the disk
 
 PartsSource = Callable[[], "Parts | None"]
 
@@ -84,7 +86,7 @@ class TensorBoardWriter(Callback):
         self._classes = event.classes
         try:
             self._writer = self._writer_class(log_dir=str(self.paths.tensorboard),
-                                              flush_secs=FLUSH_SECONDS)
+                                              flush_secs=FLUSH_SECONDS, max_queue=QUEUE)
         except Exception as error:
             self._give_up("creating the event file", error)
 
@@ -172,8 +174,9 @@ class TensorBoardWriter(Callback):
 
         run = open_run(self.paths.root, "best", action="drawing the confusion matrix")
         train = self.config.train
+        workers = 0 if len(samples) <= MATRIX_INLINE_IMAGES else train.workers
         probabilities = predict_samples(run, samples, train.batch_size, str(parts.device),
-                                        workers=train.workers)
+                                        workers=workers)
         targets = np.array([sample.label for sample in samples], dtype=np.int64)
         return confusion_matrix(targets, probabilities.argmax(axis=1), len(run.labels)), \
             list(run.labels)
