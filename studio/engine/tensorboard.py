@@ -77,13 +77,11 @@ class TensorBoardWriter(Callback):
         self._writer_class = writer_class
         self._parts = parts
         self._writer: Any = None
-        self._classes: tuple[str, ...] = ()
         self.failed = False  # a write failed: off for the rest of the run
 
     # -- hooks ----------------------------------------------------------------------------
 
     def on_fit_start(self, event: FitStarted) -> None:
-        self._classes = event.classes
         try:
             self._writer = self._writer_class(log_dir=str(self.paths.tensorboard),
                                               flush_secs=FLUSH_SECONDS, max_queue=QUEUE)
@@ -115,7 +113,8 @@ class TensorBoardWriter(Callback):
         if self._writer is None:
             return
         self._do("writing the hparams", lambda writer: self._write_hparams(writer, event))
-        if event.outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED) and event.best_epoch:
+        ended_well = event.outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED)
+        if ended_well and event.best_epoch and self._writer is not None:
             self._write_confusion_matrix(event.best_epoch)
         self._close()
 
