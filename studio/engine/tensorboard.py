@@ -30,7 +30,7 @@ from studio.engine.events import (
     FitStarted,
     Outcome,
 )
-from studio.engine.runs import RunPaths
+from studio.engine.runs import RunPaths, open_run
 
 if TYPE_CHECKING:
     from studio.engine.parts import Parts
@@ -141,9 +141,9 @@ class TensorBoardWriter(Callback):
         """The best checkpoint run once more over the validation split: as costly as one
         validation pass, so only up to ``MATRIX_MAX_IMAGES`` images. Any failure is logged."""
         parts = self._parts()
-        samples = list(parts.scan.splits["val"]) if parts is not None else []
-        if not samples:
+        if parts is None or not parts.scan.splits["val"]:
             return
+        samples = list(parts.scan.splits["val"])
         if len(samples) > MATRIX_MAX_IMAGES:
             log.info("no confusion matrix in TensorBoard: %d validation images are more than "
                      "%d; `studio eval` draws it", len(samples), MATRIX_MAX_IMAGES)
@@ -169,7 +169,6 @@ class TensorBoardWriter(Callback):
     def _best_matrix(self, parts: Parts, samples: Sequence[Any]
                      ) -> tuple[np.ndarray, list[str]]:
         from studio.engine.evaluate import confusion_matrix, predict_samples
-        from studio.engine.runs import open_run
 
         run = open_run(self.paths.root, "best", action="drawing the confusion matrix")
         train = self.config.train
