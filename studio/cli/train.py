@@ -68,6 +68,8 @@ def add_train_parser(commands: Any) -> None:
     loop.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     loop.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     loop.add_argument("--no-channels-last", action="store_true")
+    loop.add_argument("--no-tensorboard", action="store_true",
+                      help="write no TensorBoard event files into the run folder")
     loop.add_argument("--seed", type=int)
     loop.add_argument("--deterministic", action="store_true")
     loop.add_argument("--workers", type=int, metavar="N", help="DataLoader workers (-1: auto)")
@@ -130,6 +132,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
             changes[section][field] = value
     if args.no_channels_last:
         changes["train"]["channels_last"] = False
+    if args.no_tensorboard:
+        changes["train"]["tensorboard"] = False
     if args.deterministic:
         changes["train"]["deterministic"] = True
     if args.compile:

@@ -209,6 +209,7 @@ class TrainConfig:
     # launched through torchrun as a DistributedDataParallel run. batch_size is per process.
     processes: int = 1
     sync_bn: bool = False  # with processes > 1 on CUDA: BatchNorm statistics over all processes
+    tensorboard: bool = True  # write TensorBoard event files when the tensorboard package is there
 
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 100_000,

@@ -318,15 +318,16 @@ def _pick_samples(run: OpenedRun, classes: Sequence[str], splits: dict[str, Sequ
 
 def predict_samples(run: OpenedRun, samples: Sequence[Sample], batch_size: int = BATCH_SIZE,
                     device: str = "auto", progress: Progress | None = None,
-                    stop: threading.Event | None = None) -> np.ndarray:
-    """Class probabilities (N, C) of every sample, in order, in fp32."""
+                    stop: threading.Event | None = None, workers: int = -1) -> np.ndarray:
+    """Class probabilities (N, C) of every sample, in order, in fp32 (``workers``: DataLoader
+    workers, -1 chosen from the machine)."""
     from studio.engine.runtime import loader_workers, pick_device
 
     target = pick_device(device)
     model = run.model.to(target).eval()
     dataset = FolderDataset(samples, build_transforms(run.prep()))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        pin_memory=target.type == "cuda", **loader_workers())
+                        pin_memory=target.type == "cuda", **loader_workers(workers))
     out = np.zeros((len(samples), len(run.labels)), dtype=np.float32)
     done = 0
     if progress is not None:

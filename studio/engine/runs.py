@@ -3,6 +3,7 @@
 One owner for the folder a run writes::
 
     config.toml  labels.json  metrics.jsonl  checkpoints/last.pt  checkpoints/best.pt
+    tensorboard/  (TensorBoard event files, when the tensorboard package is installed)
 
 :class:`RunPaths` names the files, :class:`MetricsWriter` appends the run's story to
 ``metrics.jsonl`` and :func:`read_metrics` reads it back, :func:`default_runs_root` is the one
@@ -61,6 +62,7 @@ class RunPaths:
         self.checkpoints = self.root / "checkpoints"
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
+        self.tensorboard = self.root / "tensorboard"  # event files: studio.engine.tensorboard
 
     def checkpoint(self, kind: str) -> Path:
         """``best`` or ``last``."""

@@ -61,6 +61,7 @@ from studio.engine.runs import (
     read_resume_checkpoint,
 )
 from studio.engine.runtime import MainRankError, Placement, device_label, seed_everything
+from studio.engine.tensorboard import tensorboard_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class Trainer:
         self.paths = RunPaths(placement.broadcast_object(str(self.paths.root)))
         if placement.is_main:
             self.callbacks.insert(0, MetricsWriter(self.paths, self._ends))
+            self.callbacks += tensorboard_callbacks(self.paths, cfg, lambda: self.parts)
             self.writer = CheckpointWriter(self.paths)
         else:
             self.callbacks = []  # rank 0 tells the story

@@ -49,7 +49,7 @@ def full_config(image_size: int | None = 160) -> RunConfig:
                           device="cpu", precision="bf16", channels_last=False, workers=0,
                           seed=1234, deterministic=True, feature_cache="off",
                           cache_views=2, image_cache="off", compile=True, processes=4,
-                          sync_bn=True),
+                          sync_bn=True, tensorboard=False),
     )
 
 

@@ -3,6 +3,7 @@ training run loads only what training needs."""
 
 from __future__ import annotations
 
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -28,17 +29,30 @@ def test_engine_modules_load_no_qt() -> None:
 def test_training_loads_nothing_beyond_torch_and_torchvision(tiny_dataset: Path,
                                                             tmp_path: Path) -> None:
     """A run imports torch, torchvision and the engine's training modules; ONNX, onnxruntime,
-    safetensors, export and evaluation load when they are used, not on every run's start."""
+    safetensors, export and evaluation load when they are used, not on every run's start.
+    TensorBoard loads only when its event files are on (then evaluation draws the confusion
+    matrix at the end); with --no-tensorboard it is never imported."""
     code = (
         "import sys\n"
         "from studio.cli import main\n"
-        f"code = main(['train', '--data', {str(tiny_dataset)!r}, '--out', "
-        f"{str(tmp_path / 'run')!r}, '--backbone', 'mobilenet_v3_small', '--weights', 'none', "
-        "'--image-size', '32', '--epochs', '1', '--device', 'cpu', '--workers', '0'])\n"
+        "def train(out, *more):\n"
+        f"    return main(['train', '--data', {str(tiny_dataset)!r}, '--out', out,\n"
+        "                 '--backbone', 'mobilenet_v3_small', '--weights', 'none',\n"
+        "                 '--image-size', '32', '--epochs', '1', '--device', 'cpu',\n"
+        "                 '--workers', '0', *more])\n"
+        "def loaded(late):\n"
+        "    return ','.join(sorted(m for m in sys.modules if m.startswith(late)))\n"
         "late = ('onnx', 'onnxruntime', 'onnxscript', 'safetensors', 'PySide6', 'pyqtgraph',\n"
-        "        'studio.engine.export', 'studio.engine.evaluate', 'studio.ui')\n"
-        "print(code, ','.join(sorted(m for m in sys.modules if m.startswith(late))))\n"
+        "        'studio.engine.export', 'studio.ui')\n"
+        f"code = train({str(tmp_path / 'off')!r}, '--no-tensorboard')\n"
+        "print(code, loaded(late + ('studio.engine.evaluate', 'tensorboard',\n"
+        "                           'torch.utils.tensorboard')))\n"
+        f"code = train({str(tmp_path / 'on')!r})\n"
+        "print(code, loaded(late))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, check=True)
-    assert result.stdout.split(" ", 1) == ["0", "\n"], result.stdout + result.stderr
+    assert result.stdout.split("\n") == ["0 ", "0 ", ""], result.stdout + result.stderr
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert any((tmp_path / "on" / "tensorboard").glob("events.out.tfevents.*"))

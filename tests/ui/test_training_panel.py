@@ -210,3 +210,11 @@ def test_switching_the_feature_cache_off_edits_the_config(panel: TrainingPanel, 
     assert project.config.train.feature_cache == "off"
     panel.cache_views_spin.setValue(4)
     assert project.config.train.cache_views == 4
+
+
+def test_the_tensorboard_box_switches_the_event_files(panel: TrainingPanel, project) -> None:
+    assert panel.tensorboard_check.isChecked()  # on by default
+    panel.tensorboard_check.setChecked(False)
+    assert project.config.train.tensorboard is False
+    project.update("train", tensorboard=True)
+    assert panel.tensorboard_check.isChecked()

@@ -8,6 +8,7 @@ mirrors it back without feedback loops. It does not own the TrainingSession: the
 from __future__ import annotations
 
 import html
+import importlib.util
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from PySide6.QtCore import Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -191,6 +193,13 @@ class TrainingPanel(QWidget):
         self.image_cache_combo = make_combo(
             IMAGE_CACHE_CHOICES, "Decode and resize every image once and keep it in memory, so "
             "epochs after the first skip reading the files.")
+        self.tensorboard_check = QCheckBox("Write TensorBoard event files")
+        self.tensorboard_check.setToolTip(
+            "Write the run's curves, settings and confusion matrix into its tensorboard/ "
+            "folder; tensorboard --logdir on the runs folder shows every run.")
+        if importlib.util.find_spec("tensorboard") is None:  # finding it imports nothing
+            self.tensorboard_check.setText("Write TensorBoard event files (the tensorboard "
+                                           "package is not installed)")
 
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Batch size", self.batch_size_spin)
@@ -208,6 +217,7 @@ class TrainingPanel(QWidget):
         form.addRow("Feature cache", self.feature_cache_combo)
         form.addRow("Augmented views", self.cache_views_spin)
         form.addRow("Image cache", self.image_cache_combo)
+        form.addRow("TensorBoard", self.tensorboard_check)
 
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
@@ -246,10 +256,13 @@ class TrainingPanel(QWidget):
             combo("Feature cache", self.feature_cache_combo, "train", "feature_cache"),
             spin("Augmented views", self.cache_views_spin, "train", "cache_views"),
             combo("Image cache", self.image_cache_combo, "train", "image_cache"),
+            Field("TensorBoard", self.tensorboard_check, "train", "tensorboard",
+                  self.tensorboard_check.isChecked, self.tensorboard_check.setChecked),
         ]
         for field in self._fields:
             widget = field.widget
             signal = (widget.currentIndexChanged if isinstance(widget, QComboBox)
+                      else widget.toggled if isinstance(widget, QCheckBox)
                       else widget.valueChanged)
             signal.connect(partial(self._on_field_edited, field))
 
