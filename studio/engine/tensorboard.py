@@ -12,10 +12,12 @@ off; it never fails or slows a run beyond its own small cost.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from studio.engine.events import (
     FitStarted,
     Outcome,
 )
-from studio.engine.runs import RunPaths, open_run
+from studio.engine.runs import RunPaths
 
 if TYPE_CHECKING:
     from studio.engine.parts import Parts
@@ -115,7 +117,7 @@ class TensorBoardWriter(Callback):
         self._do("writing the hparams", lambda writer: self._write_hparams(writer, event))
         ended_well = event.outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED)
         if ended_well and event.best_epoch and self._writer is not None:
-            self._write_confusion_matrix(event.best_epoch)
+            self._write_confusion_matrix(event.best_epoch, event.epochs_completed)
         self._close()
 
     # -- the end of a run -----------------------------------------------------------------
@@ -137,7 +139,7 @@ class TensorBoardWriter(Callback):
         for tag, value in metrics.items():
             writer.add_scalar(tag, value, event.epochs_completed)
 
-    def _write_confusion_matrix(self, best_epoch: int) -> None:
+    def _write_confusion_matrix(self, best_epoch: int, last_epoch: int) -> None:
         """The best checkpoint run once more over the validation split: as costly as one
         validation pass, so only up to ``MATRIX_MAX_IMAGES`` images. Any failure is logged."""
         parts = self._parts()
@@ -149,7 +151,7 @@ class TensorBoardWriter(Callback):
                      "%d; `studio eval` draws it", len(samples), MATRIX_MAX_IMAGES)
             return
         try:
-            matrix, labels = self._best_matrix(parts, samples)
+            matrix, labels = self._best_matrix(parts, samples, best_epoch == last_epoch)
         except Exception as error:  # the run has ended well: this must not change that
             log.warning("the confusion matrix for TensorBoard could not be computed (%s: %s); "
                         "`studio eval %s` shows it", type(error).__name__, error,
@@ -166,11 +168,11 @@ class TensorBoardWriter(Callback):
 
         self._do("writing the confusion matrix", write)
 
-    def _best_matrix(self, parts: Parts, samples: Sequence[Any]
+    def _best_matrix(self, parts: Parts, samples: Sequence[Any], last_is_best: bool
                      ) -> tuple[np.ndarray, list[str]]:
         from studio.engine.evaluate import confusion_matrix, predict_samples
 
-        run = open_run(self.paths.root, "best", action="drawing the confusion matrix")
+        run = self._best_model(parts, last_is_best)
         train = self.config.train
         workers = 0 if len(samples) <= MATRIX_INLINE_IMAGES else train.workers
         probabilities = predict_samples(run, samples, train.batch_size, str(parts.device),
@@ -178,6 +180,18 @@ class TensorBoardWriter(Callback):
         targets = np.array([sample.label for sample in samples], dtype=np.int64)
         return confusion_matrix(targets, probabilities.argmax(axis=1), len(run.labels)), \
             list(run.labels)
+
+    def _best_model(self, parts: Parts, last_is_best: bool) -> Any:
+        """The best checkpoint's model without rebuilding it (a rebuild was most of this
+        step's cost): the trained model itself when the last epoch was the best, else a copy
+        of it with best.pt's weights."""
+        from studio.engine.checkpoint import load_checkpoint
+
+        model = parts.model
+        if not last_is_best:
+            model = copy.deepcopy(model)
+            model.load_state_dict(load_checkpoint(self.paths.best)["model"])
+        return _BestRun(model, parts.built.preprocessing, list(parts.scan.classes))
 
     # -- never in the way -----------------------------------------------------------------
 
@@ -213,6 +227,18 @@ class TensorBoardWriter(Callback):
 
 # ---------------------------------------------------------------------------------------------
 # What the files hold
+
+
+@dataclass
+class _BestRun:
+    """What predict_samples needs of an opened run."""
+
+    model: Any
+    preprocessing: Any
+    labels: list[str]
+
+    def prep(self) -> Any:
+        return self.preprocessing
 
 
 def flat_hparams(config: RunConfig) -> dict[str, str | int | float]:
