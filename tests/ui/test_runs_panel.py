@@ -181,7 +181,7 @@ def test_two_selected_runs_overlay_their_curves_and_diff_their_settings(
     assert "alpha" in comparison.legend_label.text() and "beta" in comparison.legend_label.text()
 
     top = comparison.details.topLevelItem(0)
-    assert top.text(0) == "beta vs alpha"
+    assert top.text(0) == "beta vs alpha: 2 settings differ"
     changes = {top.child(i).text(0): top.child(i).text(1) for i in range(top.childCount())}
     assert changes["optim.lr"] == "0.001 → 0.01"
     assert changes["freeze.preset"] == "train_all → head_only"

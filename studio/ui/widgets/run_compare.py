@@ -130,6 +130,7 @@ class RunComparison(QWidget):
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
         splitter.setChildrenCollapsible(False)
+        splitter.setSizes([700, 420])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
@@ -153,7 +154,7 @@ class RunComparison(QWidget):
             self.details.setHeaderLabels(["Fact", "Value"])
             self._show_facts(runs[0])
         else:
-            self.details.setHeaderLabels(["Setting", "Change (first run → this run)"])
+            self.details.setHeaderLabels(["Setting", "Old → new"])
             self._show_diffs(runs[0], runs[1:])
         self.details.expandAll()
         self.details.resizeColumnToContents(0)
@@ -243,8 +244,8 @@ class RunComparison(QWidget):
             parent.addChild(item)
         item.setFirstColumnSpanned(True)
 
-    def _heading(self, title: str, value: str = "") -> QTreeWidgetItem:
-        top = QTreeWidgetItem([title, value])
+    def _heading(self, title: str) -> QTreeWidgetItem:
+        top = QTreeWidgetItem([title])
         font = top.font(0)
         font.setBold(True)
         top.setFont(0, font)
@@ -308,6 +309,7 @@ class RunComparison(QWidget):
             return
         for run in others:
             top = self._heading(f"{run.name} vs {first.name}")
+            top.setFirstColumnSpanned(True)  # run names are long: the heading takes the row
             try:
                 changes = config_diff(base, run_config(run.path))
             except StudioError as error:
@@ -316,8 +318,10 @@ class RunComparison(QWidget):
             if not changes:
                 self._note("no differences", top)
                 continue
-            top.setText(1, "1 setting differs" if len(changes) == 1
-                        else f"{len(changes)} settings differ")
+            count = "1 setting differs" if len(changes) == 1 \
+                else f"{len(changes)} settings differ"
+            top.setText(0, f"{top.text(0)}: {count}")
+            top.setToolTip(0, top.text(0))
             for change in changes:
                 text = f"{_value(change.old)} → {_value(change.new)}"
                 child = QTreeWidgetItem([change.field, text])

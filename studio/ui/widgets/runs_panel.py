@@ -48,7 +48,7 @@ from studio.engine.config import RunConfig
 from studio.engine.errors import StudioError
 from studio.engine.history import RunSummary, rename_run, run_config, trash_run
 from studio.engine.runs import RunPaths, default_runs_root
-from studio.ui.models.runs_model import FILTER_ROLE, SORT_ROLE, STARTED, RunsModel
+from studio.ui.models.runs_model import FILTER_ROLE, NAME, SORT_ROLE, STARTED, RunsModel
 from studio.ui.project import ProjectModel
 from studio.ui.tasks import BackgroundTask
 from studio.ui.text import plural, sentence
@@ -124,8 +124,10 @@ class RunsPanel(QWidget):
         self.table.setWordWrap(False)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(24)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)  # the spare width
+        header.setMinimumSectionSize(40)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
 
         self.evaluate_action = self._action("Open in Evaluate", "Evaluate this run's best "
@@ -198,7 +200,7 @@ class RunsPanel(QWidget):
         splitter.setStretchFactor(0, 1)
         splitter.setStretchFactor(1, 1)
         splitter.setChildrenCollapsible(False)
-        splitter.setSizes([360, 420])
+        splitter.setSizes([300, 480])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(splitter)
