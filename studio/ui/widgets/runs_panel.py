@@ -10,7 +10,6 @@ window's business: the panel asks for it with a signal, as the Train page does.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,9 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
-    QInputDialog,
     QLabel,
     QLineEdit,
     QMenu,
-    QMessageBox,
     QPushButton,
     QSplitter,
     QTableView,
@@ -46,7 +43,7 @@ from PySide6.QtWidgets import (
 
 from studio.engine.config import RunConfig
 from studio.engine.errors import StudioError
-from studio.engine.history import RunSummary, rename_run, run_config, trash_run
+from studio.engine.history import RunSummary, rename_run, run_config
 from studio.engine.runs import RunPaths, default_runs_root
 from studio.ui.models.runs_model import FILTER_ROLE, NAME, SORT_ROLE, STARTED, RunsModel
 from studio.ui.project import ProjectModel
@@ -54,20 +51,20 @@ from studio.ui.tasks import BackgroundTask
 from studio.ui.text import plural, sentence
 from studio.ui.widgets.export_panel import run_has_checkpoint
 from studio.ui.widgets.run_compare import RunComparison
-
-log = logging.getLogger(__name__)
+from studio.ui.widgets.run_questions import (
+    ask_new_name,
+    confirm_rerun,
+    confirm_trash,
+    rerun_check,
+    same_folder,
+    trash_job,
+    trashed_sentence,
+)
 
 RUNS_DIR_KEY = "paths/runs_dir"  # where the app puts new runs (the window's setting)
 FOLDERS_KEY = "runs/folders"  # further folders of runs the user added
 RESUMABLE = frozenset({"stopped", "interrupted", "failed"})
 ERROR_STYLE = "color: #c62828;"
-
-
-def _same_folder(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
 
 
 class RunsPanel(QWidget):
@@ -244,7 +241,7 @@ class RunsPanel(QWidget):
     def roots(self) -> list[Path]:
         roots = [self.runs_root()]
         for folder in self.folders():
-            if not any(_same_folder(str(root), folder) for root in roots):
+            if not any(same_folder(str(root), folder) for root in roots):
                 roots.append(Path(folder))
         return roots
 
@@ -253,7 +250,7 @@ class RunsPanel(QWidget):
         folder = Path(path).expanduser()
         if RunPaths(folder).config.is_file():
             folder = folder.parent
-        if not any(_same_folder(str(root), str(folder)) for root in self.roots()):
+        if not any(same_folder(str(root), str(folder)) for root in self.roots()):
             self._settings.setValue(FOLDERS_KEY, [*self.folders(), str(folder)])
         self.say(f"Listing the runs in {folder} too.")
         self.refresh()
@@ -467,22 +464,12 @@ class RunsPanel(QWidget):
             self.say(str(error), error=True)
             return
         scan = self._project.scan
-        if scan is not None and not _same_folder(scan.root, config.data.root):
+        if scan is not None and not same_folder(scan.root, config.data.root):
             scan = None  # the project shows another dataset: scan the run's own
-        path = run.path
-
-        def check() -> list[str]:
-            from studio.engine.data import scan_folder
-            from studio.engine.record import rerun_differences
-
-            used = scan if scan is not None else scan_folder(
-                config.data.root, val_fraction=config.data.val_fraction, seed=config.train.seed)
-            return rerun_differences(path, used)
-
-        self._pending_rerun = (path, config)
+        self._pending_rerun = (run.path, config)
         self.say(f"Checking what changed since {run.name} (its dataset and the library "
                  f"versions)…")
-        self._checker.start(check)
+        self._checker.start(rerun_check(run.path, config, scan))
         self._update_actions()
 
     @Slot(object)
@@ -492,16 +479,7 @@ class RunsPanel(QWidget):
         if pending is None:
             return
         path, config = pending
-        lines = [str(note) for note in notes]
-        what = (sentence("; ".join(lines)) if lines else
-                "The dataset and the library versions are the same as in that run.")
-        text = (f"Re-run {path.name} with the same settings and seed into a new run folder.\n\n"
-                f"{what} Re-run {'anyway' if lines else 'it'}?")
-        default = QMessageBox.StandardButton.No if lines else QMessageBox.StandardButton.Yes
-        answer = QMessageBox.question(
-            self, "Re-run exactly", text,
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, default)
-        if answer != QMessageBox.StandardButton.Yes:
+        if not confirm_rerun(self, path.name, notes):
             self.say(f"{path.name} was not re-run.")
             return
         self.say(f"Re-running {path.name} exactly; the Train page shows it.")
@@ -528,11 +506,8 @@ class RunsPanel(QWidget):
     @Slot()
     def _on_rename_action_triggered(self) -> None:
         run = self._single()
-        if run is None:
-            return
-        name, ok = QInputDialog.getText(self, "Rename run", f"New name for {run.name}:",
-                                        QLineEdit.EchoMode.Normal, run.name)
-        if not ok or name.strip() == run.name:
+        name = ask_new_name(self, run) if run is not None else None
+        if run is None or name is None:
             return
         try:
             target = rename_run(run.path, name)
@@ -546,40 +521,15 @@ class RunsPanel(QWidget):
     @Slot()
     def _on_delete_action_triggered(self) -> None:
         runs = [run for run in self.selected_runs() if run.status != "running"]
-        if not runs:
+        if not runs or not confirm_trash(self, runs):
             return
-        if len(runs) == 1:
-            question = (f"Move the run {runs[0].name} to the trash?\n\nIts folder "
-                        f"{runs[0].path} goes to the trash, from where it can be restored.")
-        else:
-            question = (f"Move these {len(runs)} runs to the trash?\n\n"
-                        + "\n".join(run.name for run in runs)
-                        + "\n\nTheir folders go to the trash, from where they can be restored.")
-        answer = QMessageBox.question(
-            self, "Delete run" if len(runs) == 1 else "Delete runs", question,
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No)
-        if answer != QMessageBox.StandardButton.Yes:
-            return
-        paths = [run.path for run in runs]
-
-        def trash() -> list[tuple[str, str | None]]:
-            moved = []
-            for path in paths:
-                target = trash_run(path)
-                moved.append((path.name, str(target) if target is not None else None))
-            return moved
-
-        self.say(f"Moving {plural(len(paths), 'run')} to the trash…")
-        self._trasher.start(trash)
+        self.say(f"Moving {plural(len(runs), 'run')} to the trash…")
+        self._trasher.start(trash_job([run.path for run in runs]))
         self._update_actions()
 
     @Slot(object)
     def _on_trasher_succeeded(self, moved: Any) -> None:
-        names = ", ".join(name for name, _ in moved)
-        places = {str(Path(target).parent) for _, target in moved if target}
-        where = f" ({', '.join(sorted(places))})" if places else ""
-        self.say(f"Moved {names} to the trash{where}.")
+        self.say(trashed_sentence(moved))
         self.refresh()
 
     @Slot(str)
