@@ -46,12 +46,12 @@ def main() -> int:
     root.mkdir()
     paths = train_runs(root)
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from screenshots import _settle, _wait  # noqa: E402 - the helpers of the main tool
-
     from PySide6.QtCore import QSettings
 
     from studio.ui.app import build_window, create_app
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from screenshots import _settle, _wait  # the helpers of the main tool
 
     app = create_app()
     QSettings.setDefaultFormat(QSettings.Format.IniFormat)

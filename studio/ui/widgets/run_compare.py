@@ -148,8 +148,7 @@ class RunComparison(QWidget):
         self.details.clear()
         if not runs:
             self.details.setHeaderLabels(["Setting", "Value"])
-            self._note("Select a run to see its curves and record; select two or more "
-                       "(Ctrl+click) to compare them.")
+            self._note("Select a run; Ctrl+click others to compare them.")
         elif len(runs) == 1:
             self.details.setHeaderLabels(["Fact", "Value"])
             self._show_facts(runs[0])
