@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 
 from studio.engine.config import RunConfig
 from studio.engine.errors import StudioError
-from studio.engine.history import RunSummary, rename_run, run_config
+from studio.engine.history import RunSummary, list_runs, rename_run, run_config
 from studio.engine.runs import RunPaths, default_runs_root
 from studio.ui.models.runs_model import FILTER_ROLE, NAME, SORT_ROLE, STARTED, RunsModel
 from studio.ui.project import ProjectModel
@@ -257,8 +257,6 @@ class RunsPanel(QWidget):
 
     def refresh(self) -> None:
         """List the runs again, in the background; the selection is kept."""
-        from studio.engine.history import list_runs
-
         roots = self.roots()
         self._lister.start(lambda: list_runs(roots))
 
