@@ -69,14 +69,21 @@ def freeze_summary(config: RunConfig) -> str:
     return text
 
 
-def folder_size(path: Path) -> int:
+def folder_size(path: Path, _seen: set[tuple[int, int]] | None = None) -> int:
+    """Bytes on disk under ``path``; a hard-linked file (``best.pt`` is one) counts once."""
+    seen = set() if _seen is None else _seen
     total = 0
     for entry in os.scandir(path):
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):
-                total += folder_size(Path(entry.path))
-            else:
-                total += entry.stat(follow_symlinks=False).st_size
+                total += folder_size(Path(entry.path), seen)
+                continue
+            stat = entry.stat(follow_symlinks=False)
+            if stat.st_nlink > 1:
+                if (stat.st_dev, stat.st_ino) in seen:
+                    continue
+                seen.add((stat.st_dev, stat.st_ino))
+            total += stat.st_size
     return total
 
 

@@ -2,7 +2,7 @@
 
 The window edits a RunConfig (through the panels) and observes training events; all logic lives
 in the engine. Steps down the left side follow the workflow: data → backbone → layers → learning
-rates → train → evaluate → export.
+rates → train → evaluate → export, and the runs so far.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 from studio.engine.config import ConfigError, RunConfig
 from studio.engine.errors import StudioError
 from studio.engine.events import FitEnded
+from studio.engine.history import run_config
 from studio.engine.runs import default_runs_root, new_run_dir
 from studio.ui.downloads import TrainGate, WeightsDownload
 from studio.ui.project import ProjectModel
@@ -43,6 +44,7 @@ from studio.ui.widgets.evaluate_panel import EvaluatePanel, dropped_path
 from studio.ui.widgets.export_panel import ExportPanel, run_has_checkpoint
 from studio.ui.widgets.layers_panel import LayersPanel
 from studio.ui.widgets.lr_panel import LearningRatePanel
+from studio.ui.widgets.runs_panel import RunsPanel
 from studio.ui.widgets.training_panel import TrainingPanel
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,8 @@ KILL_WAIT_MS = 5_000  # for killed training processes to be reaped
 class MainWindow(QMainWindow):
     """The Finetune Studio window."""
 
-    PAGES = ("Dataset", "Backbone", "Layers", "Learning rates", "Train", "Evaluate", "Export")
+    PAGES = ("Dataset", "Backbone", "Layers", "Learning rates", "Train", "Evaluate", "Export",
+             "Runs")
 
     def __init__(self, project: ProjectModel | None = None,
                  settings: QSettings | None = None, parent: QWidget | None = None) -> None:
@@ -79,6 +82,7 @@ class MainWindow(QMainWindow):
         self.curves_panel = CurvesPanel()
         self.evaluate_panel = EvaluatePanel()
         self.export_panel = ExportPanel()
+        self.runs_panel = RunsPanel(self.project, self.settings)
 
         train_page = QSplitter(Qt.Orientation.Horizontal)
         train_page.addWidget(self.training_panel)
@@ -89,7 +93,8 @@ class MainWindow(QMainWindow):
 
         self.pages = QStackedWidget()
         for widget in (self.dataset_panel, self.backbone_panel, self.layers_panel,
-                       self.lr_panel, train_page, self.evaluate_panel, self.export_panel):
+                       self.lr_panel, train_page, self.evaluate_panel, self.export_panel,
+                       self.runs_panel):
             self.pages.addWidget(widget)
         self.steps = QListWidget()
         self.steps.setObjectName("steps")
@@ -100,7 +105,8 @@ class MainWindow(QMainWindow):
                  QStyle.StandardPixmap.SP_FileDialogContentsView,
                  QStyle.StandardPixmap.SP_MediaPlay,
                  QStyle.StandardPixmap.SP_FileDialogInfoView,
-                 QStyle.StandardPixmap.SP_DialogSaveButton)
+                 QStyle.StandardPixmap.SP_DialogSaveButton,
+                 QStyle.StandardPixmap.SP_FileDialogListView)
         for number, (title, icon) in enumerate(zip(self.PAGES, icons, strict=True), start=1):
             item = QListWidgetItem(self.style().standardIcon(icon), f"{number}. {title}")
             item.setSizeHint(QSize(170, 36))
@@ -195,6 +201,16 @@ class MainWindow(QMainWindow):
         session.warning_issued.connect(self._on_session_warning_issued)
         session.cache_reported.connect(panel.on_cache_reported)
         session.finished.connect(self._on_session_finished)
+
+        runs = self.runs_panel  # the Runs page lists again when a run starts, moves, ends
+        session.fit_started.connect(runs.on_fit_started)
+        session.epoch_ended.connect(runs.on_epoch_ended)
+        session.finished.connect(runs.on_fit_ended)
+        runs.evaluate_requested.connect(self._on_runs_panel_evaluate_requested)
+        runs.export_requested.connect(self._on_runs_panel_export_requested)
+        runs.settings_loaded.connect(self._on_runs_panel_settings_loaded)
+        runs.rerun_requested.connect(self._on_runs_panel_rerun_requested)
+        runs.continue_requested.connect(self._on_runs_panel_continue_requested)
 
     # -- model description ----------------------------------------------------------------
 
@@ -314,6 +330,59 @@ class MainWindow(QMainWindow):
         if run_has_checkpoint(result.run_dir):
             self.evaluate_panel.set_run_dir(result.run_dir)
             self.export_panel.set_run_dir(result.run_dir)
+
+    # -- the Runs page --------------------------------------------------------------------
+
+    @Slot(str)
+    def _on_runs_panel_evaluate_requested(self, run_dir: str) -> None:
+        self.evaluate_panel.set_run_dir(run_dir)
+        self.steps.setCurrentRow(self.PAGES.index("Evaluate"))
+
+    @Slot(str)
+    def _on_runs_panel_export_requested(self, run_dir: str) -> None:
+        self.export_panel.set_run_dir(run_dir)
+        self.steps.setCurrentRow(self.PAGES.index("Export"))
+
+    @Slot(object)
+    def _on_runs_panel_settings_loaded(self, config: RunConfig) -> None:
+        scan = self.project.scan  # the run's dataset is scanned unless it is the one shown
+        if config.data.root and (scan is None or Path(scan.root).resolve()
+                                 != Path(config.data.root).resolve()):
+            self.dataset_panel.load_folder(config.data.root)
+
+    @Slot(str, object)
+    def _on_runs_panel_rerun_requested(self, run_dir: str, config: RunConfig) -> None:
+        if not self._can_train_from_runs(config):
+            return
+        runs = self.runs_panel.runs_root()
+        self.session.start(config, new_run_dir(runs, f"{Path(run_dir).name}-rerun"),
+                           rerun_of=run_dir)
+        self.steps.setCurrentRow(self.PAGES.index("Train"))
+
+    @Slot(str)
+    def _on_runs_panel_continue_requested(self, run_dir: str) -> None:
+        try:
+            config = run_config(run_dir)
+        except StudioError as error:
+            self.runs_panel.say(str(error), error=True)
+            return
+        if self._can_train_from_runs(config):
+            self.session.resume_run(run_dir, config.train.processes)
+            self.steps.setCurrentRow(self.PAGES.index("Train"))
+
+    def _can_train_from_runs(self, config: RunConfig) -> bool:
+        """One run at a time, and pretrained weights fetched first (on the Backbone page)."""
+        from studio.engine.downloads import weights_to_download
+
+        problem = None
+        if self.session.is_running:
+            problem = "A run is training already; wait for it to end or stop it first."
+        elif weights_to_download(config.model) is not None:
+            problem = (f"The pretrained weights of {config.model.backbone} are not downloaded "
+                       f"yet; fetch them on the Backbone page (Download now) first.")
+        if problem:
+            self.runs_panel.say(problem, error=True)
+        return problem is None
 
     # -- files ----------------------------------------------------------------------------
 

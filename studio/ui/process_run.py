@@ -77,9 +77,15 @@ class ProcessRun(QObject):
         self._process = process
 
     @classmethod
-    def for_config(cls, config: RunConfig, run_dir: str,
-                   parent: QObject | None = None) -> ProcessRun:
-        """A new run of ``config`` into ``run_dir`` (its train.processes launches torchrun)."""
+    def for_config(cls, config: RunConfig, run_dir: str, parent: QObject | None = None,
+                   rerun_of: str | None = None) -> ProcessRun:
+        """A new run of ``config`` into ``run_dir`` (its train.processes launches torchrun).
+        With ``rerun_of`` the run repeats that run exactly: ``studio train --rerun`` takes its
+        saved config (``config`` is that one) and records where it came from."""
+        if rerun_of is not None:
+            arguments = ["-m", "studio", "train", "--rerun", rerun_of, "--out", run_dir,
+                         "--json-events"]
+            return cls(arguments, run_dir, config.train.monitor, parent=parent)
         handle, path = tempfile.mkstemp(prefix="studio-run-", suffix=".toml")
         os.close(handle)
         try:

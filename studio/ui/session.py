@@ -50,10 +50,12 @@ class TrainingWorker(QObject):
     finished = Signal(object)  # FitEnded
 
     def __init__(self, config: RunConfig | None, run_dir: str, stop: threading.Event,
-                 pause: threading.Event, resume: bool = False) -> None:
+                 pause: threading.Event, resume: bool = False,
+                 rerun_of: str | None = None) -> None:
         super().__init__()  # no parent: moveToThread needs that
         self._config, self._run_dir, self._resume = config, run_dir, resume
         self._stop, self._pause = stop, pause
+        self._rerun_of = rerun_of  # the run this one repeats, for its run.json
 
     @Slot()
     def run(self) -> None:
@@ -65,7 +67,8 @@ class TrainingWorker(QObject):
                 trainer = Trainer.resume_run(self._run_dir, callbacks=[relay])
             else:
                 assert self._config is not None
-                trainer = Trainer(self._config, self._run_dir, callbacks=[relay])
+                trainer = Trainer(self._config, self._run_dir, callbacks=[relay],
+                                  rerun_of=self._rerun_of)
             result = trainer.fit(self._stop, self._pause)
         except StudioError as error:
             result = FitEnded(Outcome.FAILED, str(error), 0, None, None, "val_acc",
@@ -155,12 +158,17 @@ class TrainingSession(QObject):
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
-    def start(self, config: RunConfig, run_dir: str | Path) -> None:
+    def start(self, config: RunConfig, run_dir: str | Path, rerun_of: str | Path | None = None
+              ) -> None:
+        """Train ``config`` into ``run_dir``; ``rerun_of`` names the run it repeats exactly
+        (recorded in run.json)."""
+        rerun = str(rerun_of) if rerun_of is not None else None
         if config.train.processes > 1:
             self._check_idle()
-            self._launch_process(ProcessRun.for_config(config, str(run_dir), self))
+            self._launch_process(ProcessRun.for_config(config, str(run_dir), self,
+                                                       rerun_of=rerun))
         else:
-            self._launch(config, str(run_dir), resume=False)
+            self._launch(config, str(run_dir), resume=False, rerun_of=rerun)
 
     def resume_run(self, run_dir: str | Path, processes: int = 1) -> None:
         """Continue a run from its last completed epoch, in this process or with ``processes``
@@ -186,14 +194,15 @@ class TrainingSession(QObject):
         self.running_changed.emit(True)  # first: Qt may report a failed start inside start()
         run.start()
 
-    def _launch(self, config: RunConfig | None, run_dir: str, resume: bool) -> None:
+    def _launch(self, config: RunConfig | None, run_dir: str, resume: bool,
+                rerun_of: str | None = None) -> None:
         self._check_idle()
         self._stop.clear()
         self._pause.clear()
         self._result = None
         thread = QThread()
         thread.setObjectName("studio-training")
-        worker = TrainingWorker(config, run_dir, self._stop, self._pause, resume)
+        worker = TrainingWorker(config, run_dir, self._stop, self._pause, resume, rerun_of)
         worker.moveToThread(thread)
         for name in RELAYED:
             getattr(worker, name).connect(getattr(self, name))

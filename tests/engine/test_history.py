@@ -205,3 +205,17 @@ def test_rename_and_trash_refuse_what_they_should(history: Path, tmp_path: Path,
     with pytest.raises(RunFolderError, match="not a run folder"):
         trash_run(root / "missing")
 
+
+
+def test_a_hard_linked_checkpoint_counts_once_in_the_folder_size(tmp_path: Path) -> None:
+    from studio.engine.history import folder_size
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last.pt").write_bytes(b"x" * 1000)
+    (tmp_path / "metrics.jsonl").write_bytes(b"y" * 10)
+    try:
+        os.link(checkpoints / "last.pt", checkpoints / "best.pt")  # what the trainer does
+    except OSError:
+        pytest.skip("no hard links on this file system")
+    assert folder_size(tmp_path) == 1010
