@@ -15,7 +15,6 @@ from PySide6.QtCore import QSettings, QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -28,13 +27,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.engine.config import ConfigError, RunConfig
+from studio.engine.config import RunConfig
 from studio.engine.errors import StudioError
 from studio.engine.events import FitEnded
 from studio.engine.history import run_config
 from studio.engine.runs import default_runs_root, new_run_dir
 from studio.ui.downloads import TrainGate, WeightsDownload
 from studio.ui.project import ProjectModel
+from studio.ui.project_files import ProjectFiles
 from studio.ui.session import TrainingSession
 from studio.ui.tasks import BackgroundTask
 from studio.ui.widgets.backbone_panel import BackbonePanel
@@ -49,12 +49,11 @@ from studio.ui.widgets.training_panel import TrainingPanel
 
 log = logging.getLogger(__name__)
 
-MAX_RECENT = 8
 STOP_WAIT_MS = 60_000
 KILL_WAIT_MS = 5_000  # for killed training processes to be reaped
 
 
-class MainWindow(QMainWindow):
+class MainWindow(ProjectFiles, QMainWindow):
     """The Finetune Studio window."""
 
     PAGES = ("Dataset", "Backbone", "Layers", "Learning rates", "Train", "Evaluate", "Export",
@@ -384,103 +383,11 @@ class MainWindow(QMainWindow):
             self.runs_panel.say(problem, error=True)
         return problem is None
 
-    # -- files ----------------------------------------------------------------------------
-
-    def open_project(self, path: str) -> bool:
-        try:
-            self.project.open(path)
-        except (ConfigError, StudioError, OSError) as error:
-            QMessageBox.warning(self, "Cannot open project", str(error))
-            self._forget_recent(path)
-            return False
-        self._remember_recent(path)
-        if self.project.config.data.root:
-            self.dataset_panel.load_folder(self.project.config.data.root)
-        return True
-
-    def save_project(self, path: str) -> bool:
-        try:
-            self.project.save(path)
-        except (OSError, StudioError) as error:
-            QMessageBox.warning(self, "Cannot save project", f"{path} could not be written "
-                                f"({error}); choose another place.")
-            return False
-        self._remember_recent(path)
-        self.statusBar().showMessage(f"Saved {path}", 5_000)
-        return True
-
-    @Slot()
-    def _on_open_action_triggered(self) -> None:
-        start = self.settings.value("paths/last_project_dir", str(Path.home()))
-        path, _ = QFileDialog.getOpenFileName(self, "Open project", start,
-                                              "Finetune Studio projects (*.toml)")
-        if path:
-            self.settings.setValue("paths/last_project_dir", str(Path(path).parent))
-            self.open_project(path)
-
-    @Slot()
-    def _on_save_action_triggered(self) -> None:
-        if self.project.path:
-            self.save_project(self.project.path)
-        else:
-            self._on_save_as_action_triggered()
-
-    @Slot()
-    def _on_save_as_action_triggered(self) -> None:
-        start = self.settings.value("paths/last_project_dir", str(Path.home()))
-        path, _ = QFileDialog.getSaveFileName(self, "Save project",
-                                              str(Path(start) / "project.toml"),
-                                              "Finetune Studio projects (*.toml)")
-        if path:
-            if not path.endswith(".toml"):
-                path += ".toml"
-            self.settings.setValue("paths/last_project_dir", str(Path(path).parent))
-            self.save_project(path)
-
-    @Slot()
-    def _on_open_dataset_action_triggered(self) -> None:
-        self.steps.setCurrentRow(0)
-        start = self.settings.value("paths/last_dataset_dir", str(Path.home()))
-        path = QFileDialog.getExistingDirectory(self, "Open dataset folder", start)
-        if path:
-            self.dataset_panel.load_folder(path)
-
     @Slot()
     def _on_view_action_triggered(self) -> None:
         action = self.sender()
         if isinstance(action, QAction):
             self.steps.setCurrentRow(int(action.data()))
-
-    def _recent(self) -> list[str]:
-        value = self.settings.value("recent/projects", [])
-        if isinstance(value, str):
-            value = [value]
-        return [str(v) for v in (value or [])]
-
-    def _remember_recent(self, path: str) -> None:
-        path = str(Path(path).resolve())
-        recent = [path] + [p for p in self._recent() if p != path]
-        self.settings.setValue("recent/projects", recent[:MAX_RECENT])
-        self._refresh_recent()
-
-    def _forget_recent(self, path: str) -> None:
-        self.settings.setValue("recent/projects", [p for p in self._recent() if p != path])
-        self._refresh_recent()
-
-    def _refresh_recent(self) -> None:
-        self.recent_menu.clear()
-        recent = self._recent()
-        for path in recent:
-            action = self.recent_menu.addAction(path)
-            action.setData(path)
-            action.triggered.connect(self._on_recent_action_triggered)
-        self.recent_menu.setEnabled(bool(recent))
-
-    @Slot()
-    def _on_recent_action_triggered(self) -> None:
-        action = self.sender()
-        if isinstance(action, QAction):
-            self.open_project(str(action.data()))
 
     # -- drag and drop (Qt overrides) -----------------------------------------------------
 
