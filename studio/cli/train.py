@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from studio.cli.common import EXIT_ERROR, EXIT_OK, duration
 from studio.cli.launch import add_scale_out_arguments
+from studio.engine.config import MONITORS
 from studio.engine.events import Callback
 
 
@@ -65,6 +66,9 @@ def add_train_parser(commands: Any) -> None:
     loop.add_argument("--grad-clip", type=float, metavar="NORM")
     loop.add_argument("--accumulate", type=int, metavar="N", help="gradient accumulation steps")
     loop.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    loop.add_argument("--monitor", choices=list(MONITORS),
+                      help="what picks the best checkpoint and drives early stopping "
+                           "(default val_acc; macro_f1 or balanced_acc for imbalanced classes)")
     loop.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     loop.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     loop.add_argument("--no-channels-last", action="store_true")
@@ -105,7 +109,8 @@ _OVERRIDES = {
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
     "loss": ("train", "loss"), "label_smoothing": ("train", "label_smoothing"),
     "grad_clip": ("train", "grad_clip"), "accumulate": ("train", "accumulate"),
-    "early_stopping": ("train", "early_stopping"), "device": ("train", "device"),
+    "early_stopping": ("train", "early_stopping"), "monitor": ("train", "monitor"),
+    "device": ("train", "device"),
     "precision": ("train", "precision"), "seed": ("train", "seed"),
     "workers": ("train", "workers"), "feature_cache": ("train", "feature_cache"),
     "cache_views": ("train", "cache_views"), "image_cache": ("train", "image_cache"),

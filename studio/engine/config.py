@@ -34,7 +34,7 @@ SCHEDULES = ("none", "step", "cosine", "onecycle")
 LOSSES = ("cross_entropy", "focal")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MONITORS = ("val_acc", "val_loss")
+MONITORS = ("val_acc", "val_loss", "macro_f1", "balanced_acc")  # all higher-is-better but loss
 CACHE_MODES = ("auto", "off")
 
 

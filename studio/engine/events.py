@@ -73,6 +73,8 @@ class EpochEnded:
     images_per_second: float
     is_best: bool
     val_images: int = 0  # validation images counted (over every process, each once)
+    macro_f1: float = float("nan")  # over the classes with validation images
+    balanced_acc: float = float("nan")  # the mean recall over those classes
 
     def to_json(self) -> dict[str, Any]:
         return {"event": "epoch", **{k: v for k, v in asdict(self).items() if k != "is_best"},

@@ -49,6 +49,7 @@ from studio.engine.events import (
 )
 from studio.engine.features import trim_memory
 from studio.engine.logs import log_unexpected
+from studio.engine.metrics import Validation, macro_f1_and_balanced_accuracy
 from studio.engine.optim import Schedule, Stepper, current_lrs
 from studio.engine.params import count_params
 from studio.engine.parts import Parts, build_parts, shared_state, unused_trainable
@@ -271,14 +272,15 @@ class Trainer:
             validated = self._validate(stop)
             if validated is None:
                 return self._cancelled(epoch)
-            val_loss, val_acc, val_images = validated
-            is_best = self._track_best(epoch, val_loss, val_acc, val_images)
+            is_best = self._track_best(epoch, validated)
             self.state.epoch = epoch
             self._emit("on_epoch_end", EpochEnded(
-                epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
-                val_acc=val_acc, lr=current_lrs(parts.optimizer),  # type: ignore[arg-type]
-                seconds=time.monotonic() - began, val_images=val_images,
-                images_per_second=images / busy if busy > 0 else 0.0, is_best=is_best))
+                epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+                val_loss=validated.val_loss, val_acc=validated.val_acc,
+                lr=current_lrs(parts.optimizer),  # type: ignore[arg-type]
+                seconds=time.monotonic() - began, val_images=validated.images,
+                images_per_second=images / busy if busy > 0 else 0.0, is_best=is_best,
+                macro_f1=validated.macro_f1, balanced_acc=validated.balanced_acc))
             self._save(epoch, is_best)
             patience = cfg.train.early_stopping
             if patience and self.state.bad_epochs >= patience:
@@ -372,19 +374,22 @@ class Trainer:
         return (epoch_loss / count).item(), correct.item() / count, count, busy
 
     @torch.no_grad()
-    def _validate(self, stop: threading.Event) -> tuple[float, float, int] | None:
-        """Loss, accuracy and image count over the whole validation split: each process
-        runs its shard through the plain (unwrapped) module, and the sums are reduced."""
+    def _validate(self, stop: threading.Event) -> Validation | None:
+        """Loss, accuracy, macro F1, balanced accuracy and image count over the whole
+        validation split: each process runs its shard through the plain (unwrapped) module,
+        and the sums (and the confusion matrix) are reduced."""
         parts, placement = self.parts, self.placement
         assert parts is not None and placement is not None
         if not parts.scan.splits["val"]:
-            return float("nan"), float("nan"), 0
+            return Validation.empty()
         parts.model.eval()
         module = self.feed.module.eval()
         device = parts.device
+        classes = len(parts.scan.classes)
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = torch.zeros((), dtype=torch.long, device=device)
+        matrix = torch.zeros(classes * classes, dtype=torch.long, device=device)
         with parts.autocast():
             for images, targets in self.feed.val:
                 # Alone, a stop is answered at once; together, at the next training batch,
@@ -394,23 +399,28 @@ class Trainer:
                 images, targets = parts.to_device(images, targets)
                 logits = module(images).float()
                 total_loss += F.cross_entropy(logits, targets, reduction="sum")
-                correct += (logits.argmax(1) == targets).sum()
+                predicted = logits.argmax(1)
+                correct += (predicted == targets).sum()
                 seen += targets.shape[0]
-        placement.reduce(total_loss, correct, seen)
+                matrix += torch.bincount(targets * classes + predicted, minlength=classes ** 2)
+        placement.reduce(total_loss, correct, seen, matrix)
         count = int(seen.item())
         if count == 0:
-            return float("nan"), float("nan"), 0
-        return total_loss.item() / count, correct.item() / count, count
+            return Validation.empty()
+        f1, balanced = macro_f1_and_balanced_accuracy(
+            matrix.cpu().numpy().reshape(classes, classes))
+        return Validation(total_loss.item() / count, correct.item() / count, f1, balanced, count)
 
-    def _track_best(self, epoch: int, val_loss: float, val_acc: float, images: int) -> bool:
+    def _track_best(self, epoch: int, validated: Validation) -> bool:
         assert self.config is not None
         monitor = self.config.train.monitor
-        value = val_acc if monitor == "val_acc" else val_loss
-        if images and not math.isfinite(value):
+        value = getattr(validated, monitor)
+        if validated.images and not math.isfinite(value):
             self._emit("on_warning", WarningIssued(
                 f"the validation {monitor} of epoch {epoch} is {value}; it does not count as "
                 f"the best epoch"))
-        return self.state.track(epoch, value if images else None, higher=monitor == "val_acc")
+        return self.state.track(epoch, value if validated.images else None,
+                                higher=monitor != "val_loss")
 
     # -- checkpoints ----------------------------------------------------------------------
 
