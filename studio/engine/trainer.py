@@ -159,7 +159,16 @@ class Trainer:
                 self.writer.close()
             if self.parts is not None:
                 self.parts.close()
+            self._release()
             trim_memory()
+
+    def _release(self) -> None:
+        """Drop the model, optimizer, loaders and feeds: an app session runs many fits, and a
+        finished one must not keep its tensors (the checkpoints hold what is needed)."""
+        self.parts = None
+        for name in ("feed", "forward", "planner", "stepper", "_ddp"):
+            if hasattr(self, name):
+                setattr(self, name, None)
 
     # -- setup ----------------------------------------------------------------------------
 

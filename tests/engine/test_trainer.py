@@ -941,12 +941,17 @@ def test_dataloader_workers_use_a_safe_start_method_and_shut_down_on_stop(
         tiny_dataset: Path, tmp_path: Path) -> None:
     trainer = Trainer(make_config(tiny_dataset, epochs=2, workers=1), tmp_path / "run")
     stop = threading.Event()
-    Watch(trainer, on_train_forward=lambda count: stop.set())  # workers are running by now
+    methods = []
+
+    def stop_now(count: int) -> None:  # workers are running by now
+        methods.append(trainer.train_loader.multiprocessing_context.get_start_method())
+        stop.set()
+
+    Watch(trainer, on_train_forward=stop_now)
     result = trainer.fit(stop)
 
     assert result.outcome is Outcome.CANCELLED
-    method = trainer.train_loader.multiprocessing_context.get_start_method()
-    assert method in ("forkserver", "spawn")
+    assert methods and methods[0] in ("forkserver", "spawn")
     assert multiprocessing.active_children() == []
 
 
