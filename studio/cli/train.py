@@ -66,6 +66,15 @@ def add_train_parser(commands: Any) -> None:
     loop.add_argument("--grad-clip", type=float, metavar="NORM")
     loop.add_argument("--accumulate", type=int, metavar="N", help="gradient accumulation steps")
     loop.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    loop.add_argument("--mixup", type=float, metavar="ALPHA",
+                      help="MixUp training batches with Beta(ALPHA, ALPHA) weights (0: off)")
+    loop.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix (0: off)")
+    loop.add_argument("--mix-prob", type=float, metavar="P",
+                      help="share of batches mixed (default 1)")
+    loop.add_argument("--mix-switch", type=float, metavar="P",
+                      help="with both on: the chance a batch gets CutMix (default 0.5)")
+    loop.add_argument("--mix-until", type=int, metavar="EPOCH",
+                      help="last epoch that mixes (default 0: every epoch)")
     loop.add_argument("--monitor", choices=list(MONITORS),
                       help="what picks the best checkpoint and drives early stopping "
                            "(default val_acc; macro_f1 or balanced_acc for imbalanced classes)")
@@ -110,6 +119,9 @@ _OVERRIDES = {
     "loss": ("train", "loss"), "label_smoothing": ("train", "label_smoothing"),
     "grad_clip": ("train", "grad_clip"), "accumulate": ("train", "accumulate"),
     "early_stopping": ("train", "early_stopping"), "monitor": ("train", "monitor"),
+    "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"),
+    "mix_prob": ("train", "mix_prob"), "mix_switch": ("train", "mix_switch"),
+    "mix_until": ("train", "mix_until"),
     "device": ("train", "device"),
     "precision": ("train", "precision"), "seed": ("train", "seed"),
     "workers": ("train", "workers"), "feature_cache": ("train", "feature_cache"),

@@ -99,6 +99,8 @@ class FeedPlanner:
             return "switched off"
         if self._stage_epochs(epoch) < 2:
             return "a single epoch sees each image once, so caching would not pay"
+        if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
+            return "MixUp/CutMix mix the images themselves, so their features cannot be cached"
         if cfg.data.augment != "none" and cfg.train.cache_views == 0:
             return (f"images are augmented ({cfg.data.augment}); set cache_views to cache "
                     f"augmented views, or augment none")

@@ -210,6 +210,13 @@ class TrainConfig:
     processes: int = 1
     sync_bn: bool = False  # with processes > 1 on CUDA: BatchNorm statistics over all processes
     tensorboard: bool = True  # write TensorBoard event files when the tensorboard package is there
+    # MixUp / CutMix (engine/mixing.py): alpha of each (0 = off), the share of batches mixed,
+    # CutMix's share when both are on, and the last epoch that mixes (0 = every epoch)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch: float = 0.5
+    mix_until: int = 0
 
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 100_000,
@@ -231,6 +238,12 @@ class TrainConfig:
                  f"cache_views must be between 0 and 64; got {self.cache_views}")
         _require(1 <= self.processes <= 1024,
                  f"processes must be between 1 and 1024; got {self.processes}")
+        _finite("mixup", self.mixup, 0.0, 10.0)
+        _finite("cutmix", self.cutmix, 0.0, 10.0)
+        _finite("mix_prob", self.mix_prob, 0.0, 1.0)
+        _finite("mix_switch", self.mix_switch, 0.0, 1.0)
+        _require(self.mix_until >= 0, f"mix_until must be 0 (every epoch) or an epoch; got "
+                                      f"{self.mix_until}")
 
 
 @dataclass(frozen=True, slots=True)

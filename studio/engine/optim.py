@@ -31,14 +31,32 @@ class FocalLoss(nn.Module):
         logits = logits.float()
         ce = F.cross_entropy(logits, target, weight=self.weight, reduction="none",
                              label_smoothing=self.label_smoothing)
-        p_true = torch.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+        probabilities = torch.softmax(logits, dim=1)
+        if target.ndim == 2:  # class probabilities (MixUp/CutMix): the target mix's share
+            p_true = (probabilities * target).sum(1)
+        else:
+            p_true = probabilities.gather(1, target[:, None]).squeeze(1)
         return ((1.0 - p_true) ** self.gamma * ce).mean()
+
+
+class CrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy that takes labels or class probabilities (MixUp/CutMix) alike. With class
+    weights, torch divides a batch of labels by the weights of its labels but a batch of
+    probabilities by its size; here both divide by the targets' weights, so a one-hot target
+    gives exactly the loss of its label."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim != 2 or self.weight is None:
+            return super().forward(logits, target)
+        per_sample = F.cross_entropy(logits, target, weight=self.weight, reduction="none",
+                                     label_smoothing=self.label_smoothing)
+        return per_sample.sum() / (target * self.weight).sum()
 
 
 def make_criterion(train: TrainConfig, class_weights: torch.Tensor | None) -> nn.Module:
     if train.loss == "focal":
         return FocalLoss(weight=class_weights, label_smoothing=train.label_smoothing)
-    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=train.label_smoothing)
+    return CrossEntropy(weight=class_weights, label_smoothing=train.label_smoothing)
 
 
 def make_optimizer(optim: OptimConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

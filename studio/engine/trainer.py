@@ -50,6 +50,7 @@ from studio.engine.events import (
 from studio.engine.features import trim_memory
 from studio.engine.logs import log_unexpected
 from studio.engine.metrics import Validation, macro_f1_and_balanced_accuracy
+from studio.engine.mixing import Mixer
 from studio.engine.optim import Schedule, Stepper, current_lrs
 from studio.engine.params import count_params
 from studio.engine.parts import Parts, build_parts, shared_state, unused_trainable
@@ -166,7 +167,7 @@ class Trainer:
         """Drop the model, optimizer, loaders and feeds: an app session runs many fits, and a
         finished one must not keep its tensors (the checkpoints hold what is needed)."""
         self.parts = None
-        for name in ("feed", "forward", "planner", "stepper", "_ddp"):
+        for name in ("feed", "forward", "planner", "stepper", "mixer", "_ddp"):
             if hasattr(self, name):
                 setattr(self, name, None)
 
@@ -208,6 +209,7 @@ class Trainer:
         placement.on_main(lambda: self._write_record(checkpoint is not None))
         self.start_epoch = start
         self.planner = FeedPlanner(parts, lambda report: self._emit("on_cache", report))
+        self.mixer = Mixer(cfg.train, len(parts.scan.classes))
         self.feed: Feed = self.planner.images()
         self.forward: nn.Module = parts.model
         self._ddp: Any = None
@@ -338,13 +340,14 @@ class Trainer:
             if placement.agree(stop.is_set()):
                 return None
             images, targets = parts.to_device(images, targets)
+            images, goal, labels = self.mixer(images, targets, epoch)
             stepping = step % accumulate == 0 or step == steps
             no_sync = self._ddp.no_sync() if self._ddp is not None and not stepping \
                 else contextlib.nullcontext()
             with no_sync:
                 with parts.autocast():
                     logits = forward(images)
-                    loss = parts.criterion(logits, targets)
+                    loss = parts.criterion(logits, goal)
                 self.stepper.backward(loss / accumulate)
             if stepping:
                 self.stepper.step(trainable, self.state.global_step)
@@ -352,7 +355,7 @@ class Trainer:
             batch = targets.shape[0]
             loss_sum += loss.detach().float() * batch
             epoch_loss += loss.detach().float() * batch
-            correct += (logits.detach().argmax(1) == targets).sum()
+            correct += (logits.detach().argmax(1) == labels).sum()  # mixed: the dominant one
             window += batch
             seen += batch
             now = time.monotonic()

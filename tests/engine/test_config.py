@@ -49,7 +49,8 @@ def full_config(image_size: int | None = 160) -> RunConfig:
                           device="cpu", precision="bf16", channels_last=False, workers=0,
                           seed=1234, deterministic=True, feature_cache="off",
                           cache_views=2, image_cache="off", compile=True, processes=4,
-                          sync_bn=True, tensorboard=False),
+                          sync_bn=True, tensorboard=False, mixup=0.2, cutmix=1.0,
+                          mix_prob=0.5, mix_switch=0.3, mix_until=5),
     )
 
 
