@@ -52,6 +52,10 @@ def add_train_parser(commands: Any) -> None:
                         help="unfreeze matches (applied after --freeze)")
     freeze.add_argument("--lr", action="append", metavar="GLOB=LR",
                         help="a parameter group with its own learning rate; first match wins")
+    freeze.add_argument("--layer-decay", type=float, metavar="RATE",
+                        help="layer-wise learning-rate decay: one group per layer, the head at "
+                             "the base LR and each layer below it × RATE (0 < RATE ≤ 1, e.g. "
+                             "0.75); not with --lr")
     freeze.add_argument("--base-lr", type=float, metavar="LR",
                         help="learning rate of everything no --lr matches")
     freeze.add_argument("--weight-decay", type=float, metavar="WD")
@@ -176,7 +180,30 @@ def config_from_args(args: argparse.Namespace) -> Any:
                             freeze=freeze.freeze + tuple(args.freeze or ()),
                             unfreeze=freeze.unfreeze + tuple(args.unfreeze or ()),
                             bn_frozen=freeze.bn_frozen)
-    return config.replace(freeze=freeze, **sections)
+    config = config.replace(freeze=freeze, **sections)
+    if getattr(args, "layer_decay", None) is not None:
+        config = _with_layer_decay(config, args.layer_decay, bool(args.lr))
+    return config
+
+
+def _with_layer_decay(config: Any, rate: float, has_lr_groups: bool) -> Any:
+    """The config with one group per layer of its backbone, built on the meta device for the
+    parameter names; the groups are written out, so the run's config records every rate."""
+    import dataclasses
+
+    from studio.engine.backbones import describe_model
+    from studio.engine.config import ConfigError
+    from studio.engine.layer_decay import description_layer_decay
+
+    if has_lr_groups:
+        raise ConfigError("--layer-decay and --lr both set the parameter groups; pass one of "
+                          "them")
+    try:
+        description = describe_model(config.model, 2)
+        groups = description_layer_decay(description, config.optim.lr, rate)
+    except ConfigError as error:
+        raise ConfigError(f"--layer-decay: {error}") from error
+    return config.replace(optim=dataclasses.replace(config.optim, groups=groups))
 
 
 def _flag_for(section: str, message: str) -> str:

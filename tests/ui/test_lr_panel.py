@@ -215,7 +215,8 @@ def test_progressive_unfreezing_follows_custom_groups(qtbot, panel, project):
 
 def test_every_control_has_a_tooltip(panel):
     for widget in (panel.lr_edit, panel.decay_edit, panel.one_group_button, panel.stage_button,
-                   panel.discriminative_button, panel.factor_spin, panel.add_button,
+                   panel.discriminative_button, panel.factor_spin, panel.layer_decay_button,
+                   panel.layer_decay_spin, panel.add_button,
                    panel.remove_button, panel.table, panel.progressive_box, panel.every_spin,
                    panel.first_spin, panel.stage_table):
         assert widget.toolTip(), widget
@@ -229,3 +230,18 @@ def test_progressive_unfreezing_without_groups_below_the_head_is_refused(panel, 
     assert not panel.progressive_box.isChecked()
     assert "Group by stage" in panel.stage_error.text()
     assert panel.stage_error.isVisibleTo(panel)
+
+
+def test_layer_decay_fills_the_table_with_one_group_per_layer(panel, project):
+    panel.layer_decay_spin.setValue(0.5)
+    panel.layer_decay_button.click()
+    base = project.config.optim.lr
+    groups = project.config.optim.groups
+    names = ["layer_0", "layer_1", "layer_2", "layer_3", "layer_4", "head"]
+    assert [g.name for g in groups] == names
+    assert column(panel.model, NAME_COLUMN) == [*names, "default"]
+    for depth, group in enumerate(reversed(groups)):
+        assert group.lr == pytest.approx(base * 0.5 ** depth)
+    assert column(panel.model, LR_COLUMN)[:-1] == [format_number(g.lr) for g in groups]
+    assert column(panel.model, PATTERNS_COLUMN)[0] == "conv1, bn1"
+    assert panel.layer_decay_spin.toolTip() and panel.layer_decay_button.toolTip()

@@ -1,12 +1,12 @@
 """LearningRatePanel: base learning rate and weight decay, parameter groups with their own rates,
-the discriminative preset, and progressive unfreezing.
+the discriminative and layer-decay presets, and progressive unfreezing.
 
 Everything here edits ``config.optim`` (and, for progressive unfreezing, ``config.freeze`` and
-``config.stages``) through the project; the engine's ``default_groups``, ``discriminative`` and
-``gradual_unfreezing`` do the arithmetic. A refused value never raises a dialog: the reason
-appears in red next to what was refused, and the config is left as it was. "Find learning
-rate…" opens the learning-rate finder (``lr_finder_dialog``), whose suggestion comes back
-through the project like any other edit.
+``config.stages``) through the project; the engine's ``default_groups``, ``discriminative``,
+``description_layer_decay`` and ``gradual_unfreezing`` do the arithmetic. A refused value
+never raises a dialog: the reason appears in red next to what was refused, and the config is
+left as it was. "Find learning rate…" opens the learning-rate finder (``lr_finder_dialog``),
+whose suggestion comes back through the project like any other edit.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 from studio.engine.backbones import ModelDescription
 from studio.engine.config import FreezeSpec, ParamGroupSpec, RunConfig, StageSpec
 from studio.engine.errors import ConfigError
+from studio.engine.layer_decay import DEFAULT_RATE, description_layer_decay
 from studio.engine.params import (
     assign_groups,
     default_groups,
@@ -119,6 +120,17 @@ class LearningRatePanel(QWidget):
         self.factor_spin.setPrefix("÷ ")
         self.factor_spin.setToolTip("How much smaller each earlier group's learning rate is "
                                     "(fastai uses 2.6)")
+        self.layer_decay_button = QPushButton("Layer decay")
+        self.layer_decay_button.setToolTip("One group per layer (block): the head at the base "
+                                           "rate, each layer below it × the rate once more")
+        self.layer_decay_spin = QDoubleSpinBox()
+        self.layer_decay_spin.setRange(0.05, 1.0)
+        self.layer_decay_spin.setSingleStep(0.05)
+        self.layer_decay_spin.setDecimals(2)
+        self.layer_decay_spin.setValue(DEFAULT_RATE)
+        self.layer_decay_spin.setPrefix("× ")
+        self.layer_decay_spin.setToolTip("How much smaller each deeper layer's learning rate is "
+                                         "(timm's fine-tuning recipes use 0.65–0.75)")
         self.add_button = QPushButton("Add group")
         self.add_button.setToolTip("Add a group for modules no group claims yet; edit its "
                                    "patterns and rate in the table")
@@ -217,6 +229,9 @@ class LearningRatePanel(QWidget):
         buttons.addSpacing(12)
         buttons.addWidget(self.discriminative_button)
         buttons.addWidget(self.factor_spin)
+        buttons.addSpacing(12)
+        buttons.addWidget(self.layer_decay_button)
+        buttons.addWidget(self.layer_decay_spin)
         buttons.addStretch(1)
         buttons.addWidget(self.add_button)
         buttons.addWidget(self.remove_button)
@@ -262,6 +277,7 @@ class LearningRatePanel(QWidget):
         self.one_group_button.clicked.connect(self._on_one_group_button_clicked)
         self.stage_button.clicked.connect(self._on_stage_button_clicked)
         self.discriminative_button.clicked.connect(self._on_discriminative_button_clicked)
+        self.layer_decay_button.clicked.connect(self._on_layer_decay_button_clicked)
         self.add_button.clicked.connect(self._on_add_button_clicked)
         self.remove_button.clicked.connect(self._on_remove_button_clicked)
         self.model.edit_refused.connect(self._on_model_edit_refused)
@@ -297,9 +313,11 @@ class LearningRatePanel(QWidget):
 
     def _on_project_description_changed(self, description: ModelDescription | None) -> None:
         known = description is not None
-        for button in (self.stage_button, self.discriminative_button, self.add_button):
+        for button in (self.stage_button, self.discriminative_button, self.layer_decay_button,
+                       self.add_button):
             button.setEnabled(known)
         self.factor_spin.setEnabled(known)
+        self.layer_decay_spin.setEnabled(known)
         self._sync_progressive(self._project.config)
 
     @Slot(object)
@@ -372,6 +390,21 @@ class LearningRatePanel(QWidget):
             self._show(self.refusal_label, sentence(str(error)))
             return
         self.model.apply(spread)
+
+    def _on_layer_decay_button_clicked(self) -> None:
+        """Replace the groups with one per layer: the table then shows (and edits) each rate."""
+        description = self._project.description
+        if description is None:
+            self._show(self.refusal_label, "Choose a backbone first: the layers follow its "
+                                           "blocks.")
+            return
+        try:
+            groups = description_layer_decay(description, self._project.config.optim.lr,
+                                             self.layer_decay_spin.value())
+        except ConfigError as error:
+            self._show(self.refusal_label, sentence(str(error)))
+            return
+        self.model.apply(groups)
 
     def _on_add_button_clicked(self) -> None:
         group = self.model.new_group()
