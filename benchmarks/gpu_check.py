@@ -9,6 +9,7 @@ loop. A row that raises is FAILED with its one-line error, and the script goes o
     python benchmarks/gpu_check.py                 # on a CUDA machine, under 8 minutes
     python benchmarks/gpu_check.py --cpu           # the tiny CPU smoke version, seconds
     python benchmarks/gpu_check.py --json rows.json
+    python benchmarks/gpu_check.py --only throughput      # the rows whose names start so
 
 Nothing is downloaded: data is generated in a temporary folder, weights are "none", and
 STUDIO_RUNS_DIR, STUDIO_CACHE_DIR and STUDIO_LOG_FILE point into that folder. No Qt is imported.
@@ -309,6 +310,7 @@ def check_stop(setup: Setup) -> str:
     def work() -> None:
         try:
             box["result"] = fit(setup, "stop", config_for(setup, epochs=50), stop, first_batch)
+            box["returned"] = time.perf_counter()  # workers shut down too
         except BaseException as error:  # handed to the main thread
             box["error"] = error
 
@@ -327,6 +329,7 @@ def check_stop(setup: Setup) -> str:
     if outcome != "cancelled":
         raise Failed(f"the fit ended {outcome}, not cancelled")
     return (f"{listen.ended_at - asked[0]:.2f} s from the stop to FitEnded (cancelled), "
+            f"{box['returned'] - asked[0]:.2f} s until fit() returned, "
             f"after {len(listen.batches)} batch event(s)")
 
 
