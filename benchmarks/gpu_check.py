@@ -502,7 +502,7 @@ def table(rows: list[Row]) -> str:
     lines = [head, "-" * max(len(head), 100)]
     for row, result in zip(rows, results, strict=True):
         lines.append(f"{row.check:<{width}}  {result:<{result_width}}  {row.seconds:6.1f}  "
-                     f"{row.figures}")
+                     f"{row.figures}".rstrip())
     return "\n".join(lines)
 
 
