@@ -284,9 +284,20 @@ def check_caches(setup: Setup) -> str:
 
 
 def check_pinned_memory(setup: Setup) -> str:
-    trainer, listen = fit(setup, "pinned", config_for(setup, epochs=1))
-    settings = trainer.parts.loader_settings
-    pinned = bool(trainer.train_loader.pin_memory)
+    seen: dict[str, Any] = {}
+
+    def look(event: Any) -> None:  # during the fit: a finished one releases its loaders
+        if not seen:
+            seen.update(settings=dict(trainer.parts.loader_settings),
+                        pinned=bool(trainer.train_loader.pin_memory))
+
+    from studio.engine.trainer import Trainer
+
+    trainer = Trainer(config_for(setup, epochs=1), setup.run_dir("pinned"), [listener(look)])
+    ended = trainer.fit()
+    if ended.outcome.value != "completed" or not seen:
+        raise Failed(f"the fit ended {ended.outcome.value}: {ended.message}")
+    settings, pinned = seen["settings"], seen["pinned"]
     text = (f"train loader pin_memory={pinned} (parts.loader_settings: "
             f"pin_memory={settings['pin_memory']}, {settings['num_workers']} workers)")
     if pinned != setup.cuda:
