@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                 and r.get("state") == "ready")
     epochs = sum(r.get("seconds", 0.0) for r in records if r.get("event") == "epoch")
     floor = floor_wall  # import + build + decode + one frozen forward per image
-    cpu = _cpu_name()
+    from studio.engine.record import cpu_name
+
+    cpu = cpu_name()
     print(f"resnet18 @ {args.size} px, {args.images} images, head only, {args.epochs} epochs, "
           f"studio precision {args.precision}; "
           f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}")
@@ -170,16 +172,6 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": epochs, "tutorial_wall": tutorial_wall, "tutorial_peak_mb": tutorial_peak,
         }, indent=2))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 if __name__ == "__main__":

@@ -208,6 +208,7 @@ def check_environment(setup: Setup) -> str:
     import torchvision
 
     import studio
+    from studio.engine.record import cpu_name
 
     parts = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}",
              f"studio {studio.__version__}", f"python {platform.python_version()}"]
@@ -220,16 +221,6 @@ def check_environment(setup: Setup) -> str:
         parts.append("no CUDA")
     parts.append(f"{cpu_name()}, {os.cpu_count()} cores")
     return ", ".join(parts)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _check_precision(setup: Setup, precision: str) -> str:

@@ -435,15 +435,21 @@ class RunsPanel(QWidget):
         if run is not None:
             self.export_requested.emit(str(run.path))
 
-    @Slot()
-    def _on_load_action_triggered(self) -> None:
+    def _single_with_config(self) -> tuple[RunSummary | None, RunConfig | None]:
+        """The one selected run and its config, or a sentence on the page saying why not."""
         run = self._single()
         if run is None:
-            return
+            return None, None
         try:
-            config = run_config(run.path)
+            return run, run_config(run.path)
         except StudioError as error:
             self.say(str(error), error=True)
+            return run, None
+
+    @Slot()
+    def _on_load_action_triggered(self) -> None:
+        run, config = self._single_with_config()
+        if run is None or config is None:
             return
         self._project.set_config(config)
         self.settings_loaded.emit(config)
@@ -453,13 +459,8 @@ class RunsPanel(QWidget):
 
     @Slot()
     def _on_rerun_action_triggered(self) -> None:
-        run = self._single()
-        if run is None:
-            return
-        try:
-            config = run_config(run.path)
-        except StudioError as error:
-            self.say(str(error), error=True)
+        run, config = self._single_with_config()
+        if run is None or config is None:
             return
         scan = self._project.scan
         if scan is not None and not same_folder(scan.root, config.data.root):
