@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from studio.cli.common import EXIT_OK, duration
+from studio.format import format_size
 
 
 def add_runs_parser(commands: Any) -> None:
@@ -45,20 +46,12 @@ def format_runs(runs: list[Any]) -> str:
                 if run.best_metric is not None else "-")
         rows.append((run.name, run.status, started, run.backbone, run.freeze,
                      f"{run.epochs}/{run.planned}", best, duration(run.seconds),
-                     _size(run.size_bytes)))
+                     format_size(run.size_bytes)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
              .rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines) + f"\n\n{len(runs)} run{'s' if len(runs) != 1 else ''}"
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000  # type: ignore[assignment]
-    return f"{size} B"
 
 
 def rerun_notes(run_dir: str, config: Any) -> list[str]:

@@ -10,11 +10,12 @@ from PySide6.QtCore import Qt, QUrl
 
 from studio.engine.config import RunConfig, TrainConfig
 from studio.engine.events import BatchEnded, EpochEnded, FitEnded, FitStarted, Outcome
+from studio.format import format_duration
 from studio.ui import devices
 from studio.ui.devices import DeviceInfo
 from studio.ui.project import ProjectModel
-from studio.ui.widgets import training_panel
-from studio.ui.widgets.training_panel import TrainingPanel, format_duration
+from studio.ui.widgets import training_progress
+from studio.ui.widgets.training_panel import TrainingPanel
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +147,7 @@ def test_format_duration() -> None:
 def test_completed_run_shows_best_accuracy_and_a_folder_link(panel, tmp_path: Path,
                                                              monkeypatch) -> None:
     opened: list[QUrl] = []
-    monkeypatch.setattr(training_panel.QDesktopServices, "openUrl",
+    monkeypatch.setattr(training_progress.QDesktopServices, "openUrl",
                         lambda url: opened.append(url) or True)
     panel.on_fit_started(fit_started(str(tmp_path)))
     panel.on_fit_ended(fit_ended(Outcome.COMPLETED, "completed 2 epochs", str(tmp_path)))

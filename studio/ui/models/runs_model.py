@@ -18,6 +18,7 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelInd
 from PySide6.QtGui import QColor, QFont
 
 from studio.engine.history import RunSummary
+from studio.format import format_duration, format_size
 
 SORT_ROLE = Qt.ItemDataRole.UserRole  # a number (or lower-case text) to sort by
 FILTER_ROLE = Qt.ItemDataRole.UserRole + 1  # "name backbone dataset status"
@@ -205,17 +206,3 @@ def metric_text(monitor: str, value: float) -> str:
     if monitor in PERCENT_METRICS:
         return f"{'acc' if monitor == 'val_acc' else 'F1'} {value * 100:.1f} %"
     return f"{monitor.removeprefix('val_')} {value:.4f}"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-def format_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.0f} B"

@@ -32,7 +32,7 @@ from studio.engine.errors import StudioError
 from studio.engine.history import RunSummary, config_diff, run_config
 from studio.engine.record import read_record
 from studio.engine.runs import RunPaths, epoch_records
-from studio.ui.models.runs_model import format_duration
+from studio.format import format_duration
 from studio.ui.text import sentence
 from studio.ui.widgets.curves_panel import GROUP_COLORS, LearningRateAxis, TickGrid
 
