@@ -40,7 +40,8 @@ from studio.ui.tasks import BackgroundTask
 from studio.ui.widgets.backbone_panel import BackbonePanel
 from studio.ui.widgets.curves_panel import CurvesPanel
 from studio.ui.widgets.dataset_panel import DatasetPanel
-from studio.ui.widgets.evaluate_panel import EvaluatePanel, dropped_path
+from studio.ui.widgets.evaluate_panel import EvaluatePanel
+from studio.ui.widgets.evaluate_predict import dropped_path
 from studio.ui.widgets.export_panel import ExportPanel, run_has_checkpoint
 from studio.ui.widgets.layers_panel import LayersPanel
 from studio.ui.widgets.lr_panel import LearningRatePanel
