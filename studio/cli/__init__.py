@@ -134,11 +134,13 @@ def _cmd_self_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from studio.engine.config import ConfigError
+    from studio.engine.config import ConfigError, DataConfig
     from studio.engine.data import scan_folder
 
-    if not 0.0 <= args.val_fraction <= 0.9:
-        raise ConfigError(f"--val-fraction must be between 0 and 0.9; got {args.val_fraction}")
+    try:
+        DataConfig(val_fraction=args.val_fraction)  # its limits, said as for a config
+    except ConfigError as error:
+        raise ConfigError("--" + str(error).replace("val_fraction", "val-fraction", 1)) from error
     if args.sample:
         from studio.resources import sample_dataset
 

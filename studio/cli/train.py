@@ -9,8 +9,8 @@ import sys
 from typing import Any, TextIO
 
 from studio.cli.common import EXIT_ERROR, EXIT_OK, duration
+from studio.cli.flags import add_config_flags, flag_changes, flag_for
 from studio.cli.launch import add_scale_out_arguments
-from studio.engine.config import MONITORS
 from studio.engine.events import Callback
 
 
@@ -27,7 +27,6 @@ def add_train_parser(commands: Any) -> None:
                        help="run folder to create (default runs/BACKBONE-DATE-TIME)")
     where.add_argument("--weights", metavar="default|none|PATH",
                        help="pretrained weights, none, or a .safetensors/.pth file")
-    where.add_argument("--head", choices=["linear", "mlp"], help="classifier head")
     where.add_argument("--config", metavar="RUN_CONFIG.toml", help="start from a saved config")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     where.add_argument("--rerun", metavar="RUN_DIR",
@@ -36,12 +35,6 @@ def add_train_parser(commands: Any) -> None:
     where.add_argument("--hash-content", action="store_true",
                        help="run.json also fingerprints every image's bytes (slower to start; "
                             "a re-run then notices contents changed in place)")
-    data = train.add_argument_group("data handling")
-    data.add_argument("--image-size", type=int, metavar="N", help="input size in pixels")
-    data.add_argument("--augment", choices=["none", "light", "standard", "strong"])
-    data.add_argument("--val-fraction", type=float, metavar="F")
-    data.add_argument("--balance", choices=["none", "loss", "sampler"],
-                      help="class-weighted loss or a weighted sampler for imbalanced classes")
     freeze = train.add_argument_group("freezing and learning rates (patterns match names of "
                                       "named_parameters() or module prefixes)")
     freeze.add_argument("--freeze-preset", choices=["train_all", "head_only"])
@@ -56,49 +49,7 @@ def add_train_parser(commands: Any) -> None:
                         help="layer-wise learning-rate decay: one group per layer, the head at "
                              "the base LR and each layer below it × RATE (0 < RATE ≤ 1, e.g. "
                              "0.75); not with --lr")
-    freeze.add_argument("--base-lr", type=float, metavar="LR",
-                        help="learning rate of everything no --lr matches")
-    freeze.add_argument("--weight-decay", type=float, metavar="WD")
-    loop = train.add_argument_group("training")
-    loop.add_argument("--epochs", type=int, metavar="N")
-    loop.add_argument("--batch-size", type=int, metavar="N")
-    loop.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    loop.add_argument("--schedule", choices=["none", "step", "cosine", "onecycle"])
-    loop.add_argument("--warmup-epochs", type=float, metavar="E")
-    loop.add_argument("--loss", choices=["cross_entropy", "focal"])
-    loop.add_argument("--label-smoothing", type=float, metavar="S")
-    loop.add_argument("--grad-clip", type=float, metavar="NORM")
-    loop.add_argument("--accumulate", type=int, metavar="N", help="gradient accumulation steps")
-    loop.add_argument("--early-stopping", type=int, metavar="PATIENCE")
-    loop.add_argument("--mixup", type=float, metavar="ALPHA",
-                      help="MixUp training batches with Beta(ALPHA, ALPHA) weights (0: off)")
-    loop.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix (0: off)")
-    loop.add_argument("--mix-prob", type=float, metavar="P",
-                      help="share of batches mixed (default 1)")
-    loop.add_argument("--mix-switch", type=float, metavar="P",
-                      help="with both on: the chance a batch gets CutMix (default 0.5)")
-    loop.add_argument("--mix-until", type=int, metavar="EPOCH",
-                      help="last epoch that mixes (default 0: every epoch)")
-    loop.add_argument("--monitor", choices=list(MONITORS),
-                      help="what picks the best checkpoint and drives early stopping "
-                           "(default val_acc; macro_f1 or balanced_acc for imbalanced classes)")
-    loop.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    loop.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    loop.add_argument("--no-channels-last", action="store_true")
-    loop.add_argument("--no-tensorboard", action="store_true",
-                      help="write no TensorBoard event files into the run folder")
-    loop.add_argument("--seed", type=int)
-    loop.add_argument("--deterministic", action="store_true")
-    loop.add_argument("--workers", type=int, metavar="N", help="DataLoader workers (-1: auto)")
-    speed = train.add_argument_group("speed")
-    speed.add_argument("--feature-cache", choices=["auto", "off"],
-                       help="run frozen leading layers once per image and train on their cached "
-                            "output (auto: when they come first and images are not augmented)")
-    speed.add_argument("--cache-views", type=int, metavar="K",
-                       help="with augmentation: cache K augmented views of every image")
-    speed.add_argument("--image-cache", choices=["auto", "off"],
-                       help="keep decoded, resized images in memory when they fit (auto)")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_config_flags(train)
     finder = train.add_argument_group("learning-rate finder")
     finder.add_argument("--find-lr", action="store_true",
                         help="do not train: sweep the learning rate from 1e-7 to 10 on this "
@@ -111,27 +62,8 @@ def add_train_parser(commands: Any) -> None:
     train.set_defaults(handler=_cmd_train)
 
 
-# flag -> (config section, field)
-_OVERRIDES = {
-    "data": ("data", "root"), "image_size": ("data", "image_size"),
-    "augment": ("data", "augment"), "val_fraction": ("data", "val_fraction"),
-    "balance": ("data", "balance"), "backbone": ("model", "backbone"),
-    "weights": ("model", "weights"), "base_lr": ("optim", "lr"),
-    "weight_decay": ("optim", "weight_decay"), "optimizer": ("optim", "optimizer"),
-    "schedule": ("optim", "schedule"), "warmup_epochs": ("optim", "warmup_epochs"),
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
-    "loss": ("train", "loss"), "label_smoothing": ("train", "label_smoothing"),
-    "grad_clip": ("train", "grad_clip"), "accumulate": ("train", "accumulate"),
-    "early_stopping": ("train", "early_stopping"), "monitor": ("train", "monitor"),
-    "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"),
-    "mix_prob": ("train", "mix_prob"), "mix_switch": ("train", "mix_switch"),
-    "mix_until": ("train", "mix_until"),
-    "device": ("train", "device"),
-    "precision": ("train", "precision"), "seed": ("train", "seed"),
-    "workers": ("train", "workers"), "feature_cache": ("train", "feature_cache"),
-    "cache_views": ("train", "cache_views"), "image_cache": ("train", "image_cache"),
-    "nproc_per_node": ("train", "processes"),
-}
+_PATHS = {"data": ("data", "root"), "backbone": ("model", "backbone"),
+          "weights": ("model", "weights")}
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -147,18 +79,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
         args.data = str(sample_dataset())
     sections = {name: getattr(config, name) for name in ("data", "model", "optim", "train")}
     changes: dict[str, dict[str, Any]] = {name: {} for name in sections}
-    for flag, (section, field) in _OVERRIDES.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            changes[section][field] = value
-    if args.no_channels_last:
-        changes["train"]["channels_last"] = False
-    if args.no_tensorboard:
-        changes["train"]["tensorboard"] = False
-    if args.deterministic:
-        changes["train"]["deterministic"] = True
-    if args.compile:
-        changes["train"]["compile"] = True
+    given = flag_changes(args)
+    for section in sections:
+        changes[section].update(given.get(section, {}))
+    for flag, (section, name) in _PATHS.items():  # fields that are names, not settings
+        if getattr(args, flag) is not None:
+            changes[section][name] = getattr(args, flag)
     if args.sync_bn:
         changes["train"]["sync_bn"] = True
     if args.lr:
@@ -170,9 +96,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
             sections[section] = dataclasses.replace(sections[section], **fields)
         except ConfigError as error:
             raise ConfigError(f"{_flag_for(section, str(error))}: {error}") from error
-    if args.head:
-        sections["model"] = dataclasses.replace(
-            sections["model"], head=dataclasses.replace(sections["model"].head, kind=args.head))
+    if given["head"]:
+        model = sections["model"]
+        try:
+            head = dataclasses.replace(model.head, **given["head"])
+        except ConfigError as error:
+            raise ConfigError(f"{_flag_for('head', str(error))}: {error}") from error
+        sections["model"] = dataclasses.replace(model, head=head)
     freeze = config.freeze
     if args.freeze_preset or args.freeze_up_to or args.freeze or args.unfreeze:
         preset = "up_to" if args.freeze_up_to else (args.freeze_preset or freeze.preset)
@@ -209,11 +139,10 @@ def _with_layer_decay(config: Any, rate: float, has_lr_groups: bool) -> Any:
 def _flag_for(section: str, message: str) -> str:
     if section == "optim" and "group" in message:
         return "--lr"
-    field = message.split(" ", 1)[0]
-    for flag, target in _OVERRIDES.items():
-        if target == (section, field):
-            return "--" + flag.replace("_", "-")
-    return section
+    name = message.split(" ", 1)[0]
+    found = next((f"--{flag}" for flag, target in _PATHS.items() if target == (section, name)),
+                 None)
+    return found or flag_for(section, name) or section
 
 
 def _parse_lr(item: str) -> Any:

@@ -22,29 +22,16 @@ from typing import Any, TypeVar
 import tomli_w
 
 from studio.engine.errors import ConfigError
+from studio.engine.fields import Described, check, described, setting
 
 SCHEMA_VERSION = 1
 
-AUGMENT_PRESETS = ("none", "light", "standard", "strong")
-BALANCE_MODES = ("none", "loss", "sampler")
-HEAD_KINDS = ("linear", "mlp")
 FREEZE_PRESETS = ("train_all", "head_only", "up_to")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "step", "cosine", "onecycle")
-LOSSES = ("cross_entropy", "focal")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MONITORS = ("val_acc", "val_loss", "macro_f1", "balanced_acc")  # all higher-is-better but loss
-CACHE_MODES = ("auto", "off")
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _finite(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
@@ -55,37 +42,48 @@ def _finite(name: str, value: float, low: float | None = None, high: float | Non
         _require(value <= high, f"{name} must be at most {high}; got {value}")
 
 
+
 @dataclass(frozen=True, slots=True)
 class DataConfig:
     """Where the images are and how they are split and augmented."""
 
     root: str = ""
-    val_fraction: float = 0.2
-    augment: str = "standard"
-    balance: str = "none"  # none | loss (class-weighted loss) | sampler (weighted sampler)
-    image_size: int | None = None  # None: the chosen weights' crop size (224 if unknown)
+    val_fraction: float = setting(
+        0.2, "Validation share", "Share of each class's images held out for validation.",
+        low=0.0, high=0.9, metavar="F")
+    augment: str = setting(
+        "standard", "Augmentation", "Random changes to training images that help the model "
+        "generalise: none, light (crops, flips), standard (and small colour changes) or strong "
+        "(TrivialAugment and random erasing).",
+        choices=(("none", "none"), ("light", "light"), ("standard", "standard"),
+                 ("strong", "strong")))
+    balance: str = setting(
+        "none", "Class balance", "For imbalanced classes: a class-weighted loss or a weighted "
+        "sampler.", choices=(("none", "none"), ("loss", "class-weighted loss"),
+                             ("sampler", "weighted sampler")))
+    image_size: int | None = setting(
+        None, "Image size", "Side of the square the images are resized to, in pixels; auto "
+        "uses the backbone weights' own size (224 if unknown).", low=16, high=2048, step=32,
+        off="auto", suffix=" px", metavar="N", tab="Loop")
 
     def __post_init__(self) -> None:
-        _finite("val_fraction", self.val_fraction, 0.0, 0.9)
-        _choice("augment", self.augment, AUGMENT_PRESETS)
-        _choice("balance", self.balance, BALANCE_MODES)
-        if self.image_size is not None:
-            _require(16 <= self.image_size <= 2048,
-                     f"image_size must be between 16 and 2048 pixels; got {self.image_size}")
+        check(self)
 
 
 @dataclass(frozen=True, slots=True)
 class HeadConfig:
     """The classifier head that replaces the backbone's ImageNet head."""
 
-    kind: str = "linear"
-    hidden: int = 512
-    dropout: float = 0.2
+    kind: str = setting("linear", "Head", "The classifier head: one linear layer, or a small "
+                        "MLP (linear, ReLU, dropout, linear).",
+                        choices=(("linear", "linear"), ("mlp", "small MLP")), flag="head")
+    hidden: int = setting(512, "Hidden units", "Width of the MLP head's hidden layer.",
+                          low=1, high=65_536, flag="head-hidden", metavar="N")
+    dropout: float = setting(0.2, "Head dropout", "Dropout before the MLP head's last layer.",
+                             low=0.0, high=0.99, flag="head-dropout", metavar="P")
 
     def __post_init__(self) -> None:
-        _choice("kind", self.kind, HEAD_KINDS)
-        _require(self.hidden >= 1, f"hidden must be a positive size; got {self.hidden}")
-        _finite("dropout", self.dropout, 0.0, 0.99)
+        check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +114,13 @@ class FreezeSpec:
     bn_frozen: bool = True  # BatchNorm layers whose parameters are all frozen keep their statistics
 
     def __post_init__(self) -> None:
-        _choice("preset", self.preset, FREEZE_PRESETS)
+        _require(self.preset in FREEZE_PRESETS, f"preset must be one of "
+                 f"{', '.join(FREEZE_PRESETS)}; got {self.preset!r}")
         if self.preset == "up_to":
             _require(bool(self.up_to), "up_to must name a module when preset is 'up_to'")
+
+
+MAX_LR = 10.0  # the highest learning rate a config accepts, for a group or the base
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ class ParamGroupSpec:
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "a parameter group needs a name")
-        _finite("lr", self.lr, 0.0, 10.0)
+        _finite("lr", self.lr, 0.0, MAX_LR)
         if self.weight_decay is not None:
             _finite("weight_decay", self.weight_decay, 0.0, 1.0)
 
@@ -155,95 +157,151 @@ class StageSpec:
 class OptimConfig:
     """Optimizer, base learning rate, parameter groups and schedule."""
 
-    optimizer: str = "adamw"
-    lr: float = 1e-3  # base learning rate: the default group's, and the head's in presets
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = False
+    optimizer: str = setting(
+        "adamw", "Optimizer", "AdamW is a good default for fine-tuning, SGD with momentum a "
+        "classic.", choices=(("sgd", "SGD"), ("adam", "Adam"), ("adamw", "AdamW")), tab="Loop")
+    # the base learning rate: the default group's, and the head's in presets
+    lr: float = setting(1e-3, "Base learning rate", "Learning rate of every parameter no "
+                        "group matches.", low=0.0, high=MAX_LR, flag="base-lr", metavar="LR")
+    weight_decay: float = setting(1e-4, "Weight decay", "Decoupled weight decay (AdamW) or L2 "
+                                  "penalty (SGD, Adam) of every group without its own.",
+                                  low=0.0, high=1.0, metavar="WD")
+    momentum: float = setting(0.9, "Momentum", "SGD's momentum.", low=0.0, high=0.999,
+                              metavar="M")
+    nesterov: bool = setting(False, "Nesterov momentum", "SGD with Nesterov momentum.")
     groups: tuple[ParamGroupSpec, ...] = ()
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_size: int = 10  # epochs between decays for the step schedule
-    gamma: float = 0.1
+    schedule: str = setting(
+        "cosine", "LR schedule", "How the learning rate changes over the run (after the "
+        "warm-up, if set).", choices=(("none", "constant"), ("step", "step decay"),
+                                      ("cosine", "cosine"), ("onecycle", "one-cycle")),
+        tab="Loop")
+    warmup_epochs: float = setting(
+        0.0, "Warm-up", "Epochs over which the learning rate ramps up from near zero "
+        "(one-cycle has its own warm-up).", low=0.0, high=1000.0, step=0.5, decimals=1,
+        off="none", suffix=" epochs", metavar="E", tab="Loop")
+    step_size: int = setting(10, "Step size", "Epochs between decays of the step schedule.",
+                             low=1, high=100_000, metavar="EPOCHS")
+    gamma: float = setting(0.1, "Step factor", "What the step schedule multiplies the rate "
+                           "by at each decay.", low=0.0, high=1.0, metavar="F")
 
     def __post_init__(self) -> None:
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _finite("lr", self.lr, 0.0, 10.0)
+        check(self)
         _require(self.lr > 0, "lr must be greater than 0")
-        _finite("weight_decay", self.weight_decay, 0.0, 1.0)
-        _finite("momentum", self.momentum, 0.0, 0.999)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _finite("warmup_epochs", self.warmup_epochs, 0.0, 1000.0)
-        _require(self.step_size >= 1, f"step_size must be at least 1; got {self.step_size}")
-        _finite("gamma", self.gamma, 0.0, 1.0)
         names = [group.name for group in self.groups]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         _require(not duplicates, f"parameter group names must be unique; repeated: {duplicates}")
+
+
+MONITORS = ("val_acc", "val_loss", "macro_f1", "balanced_acc")  # all higher-is-better but loss
 
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
     """How the loop runs: length, batch, loss, device and precision, reproducibility."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    loss: str = "cross_entropy"
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    accumulate: int = 1
-    early_stopping: int = 0  # patience in epochs; 0 = off
-    monitor: str = "val_acc"
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    workers: int = -1  # -1: chosen from the machine
-    seed: int = 0
-    deterministic: bool = False
-    # Run the frozen prefix once per image and train on its cached output (see features.py):
-    # "auto" uses it when the frozen layers come first and images are not randomly augmented.
-    feature_cache: str = "auto"
-    cache_views: int = 0  # with augmentation on: cache this many augmented views per image
-    image_cache: str = "auto"  # keep decoded, resized images in memory when they fit
-    compile: bool = False  # torch.compile the model (opt-in: compiling takes a while)
-    # Processes on this machine: one per GPU on CUDA (or CPU processes); above 1 the run is
-    # launched through torchrun as a DistributedDataParallel run. batch_size is per process.
-    processes: int = 1
-    sync_bn: bool = False  # with processes > 1 on CUDA: BatchNorm statistics over all processes
-    tensorboard: bool = True  # write TensorBoard event files when the tensorboard package is there
+    epochs: int = setting(10, "Epochs", "How many passes over the training images.",
+                          low=1, high=100_000, metavar="N", tab="Loop")
+    batch_size: int = setting(32, "Batch size", "Images per step (per process); lower it if "
+                              "memory runs out.", low=1, high=65_536, step=8, metavar="N",
+                              tab="Loop")
+    loss: str = setting("cross_entropy", "Loss", "Cross-entropy, or focal loss, which "
+                        "down-weights the easy examples.",
+                        choices=(("cross_entropy", "cross-entropy"), ("focal", "focal")),
+                        tab="Recipe")
+    label_smoothing: float = setting(
+        0.0, "Label smoothing", "Share of each target spread over the other classes; 0.1 is "
+        "common and guards against over-confidence.", low=0.0, high=0.99, step=0.05,
+        off="off", metavar="S", tab="Recipe")
+    grad_clip: float = setting(
+        0.0, "Gradient clipping", "Largest gradient norm a step may take (0: off); 1 or 5 "
+        "tames spikes.", low=0.0, high=1e6, step=0.5, off="off", metavar="NORM", tab="Recipe")
+    accumulate: int = setting(
+        1, "Accumulate", "Batches whose gradients add up to one optimizer step: a larger "
+        "effective batch in the same memory.", low=1, high=4096, suffix=" batches",
+        metavar="N", tab="Recipe")
     # MixUp / CutMix (engine/mixing.py): alpha of each (0 = off), the share of batches mixed,
     # CutMix's share when both are on, and the last epoch that mixes (0 = every epoch)
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
-    mix_switch: float = 0.5
-    mix_until: int = 0
+    mixup: float = setting(
+        0.0, "MixUp", "Train on blends of two images and their labels, weighted by "
+        "Beta(α, α); α 0.2–0.4 is typical, 0 is off.", low=0.0, high=10.0, step=0.1,
+        off="off", metavar="ALPHA", tab="Recipe")
+    cutmix: float = setting(
+        0.0, "CutMix", "Paste a box of another image into each image, labels weighted by "
+        "area; α 1.0 is typical, 0 is off.", low=0.0, high=10.0, step=0.1, off="off",
+        metavar="ALPHA", tab="Recipe")
+    mix_prob: float = setting(1.0, "Mixed share", "Share of the batches MixUp/CutMix mix.",
+                              low=0.0, high=1.0, step=0.1, metavar="P", tab="Recipe")
+    mix_switch: float = setting(
+        0.5, "CutMix share", "With both on: the chance a mixed batch gets CutMix rather than "
+        "MixUp.", low=0.0, high=1.0, step=0.1, metavar="P", tab="Recipe")
+    mix_until: int = setting(
+        0, "Mix until", "The last epoch that mixes; plain images after it (0: every epoch).",
+        low=0, high=100_000, off="every epoch", metavar="EPOCH",
+        tab="Recipe")
+    monitor: str = setting(
+        "val_acc", "Monitor", "What picks the best checkpoint and drives early stopping; "
+        "macro F1 or balanced accuracy suit imbalanced classes.",
+        choices=(("val_acc", "validation accuracy"), ("val_loss", "validation loss"),
+                 ("macro_f1", "macro F1"), ("balanced_acc", "balanced accuracy")),
+        tab="Recipe")
+    early_stopping: int = setting(
+        0, "Early stopping", "Stop when the monitored metric has not improved for this many "
+        "epochs; off trains them all.", low=0, high=100_000, off="off", suffix=" epochs",
+        metavar="PATIENCE", hint="0 (off) or a patience", tab="Recipe")
+    device: str = setting("auto", "Device", "Where training runs; auto prefers a GPU.",
+                          choices=(("auto", "auto"), ("cpu", "CPU"), ("cuda", "CUDA GPU"),
+                                   ("mps", "Apple GPU")), tab="Device")
+    precision: str = setting(
+        "auto", "Precision", "Number format: bf16/fp16 are faster on GPUs; auto picks the best "
+        "this device supports.", choices=(("auto", "auto"), ("fp32", "fp32"), ("bf16", "bf16"),
+                                          ("fp16", "fp16")), tab="Device")
+    # Processes on this machine: one per GPU on CUDA (or CPU processes); above 1 the run is
+    # launched through torchrun as a DistributedDataParallel run. batch_size is per process.
+    processes: int = setting(
+        1, "Processes", "Processes training together on this machine: one per GPU on CUDA, or "
+        "CPU processes. Each takes its own batch of the batch size.", low=1, high=1024,
+        flag=None, tab="Device")  # its flag is torchrun's --nproc-per-node (cli/launch.py)
+    sync_bn: bool = setting(
+        False, "Synchronise BatchNorm", "With several processes on CUDA: BatchNorm statistics "
+        "over all processes.", flag=None, tab="Device")  # a scale-out flag (cli/launch.py)
+    channels_last: bool = setting(True, "Channels-last memory format",
+                                  "Faster convolutions on GPUs and recent CPUs.", tab="Device")
+    compile: bool = setting(False, "torch.compile the model",
+                            "Faster steps after a compile that takes a while.", tab="Device")
+    workers: int = setting(-1, "Loader workers", "Processes reading images (-1: chosen from "
+                           "the machine).", low=-1, high=256, off="auto", metavar="N",
+                           hint="-1 (auto) or more", tab="Device")
+    # Run the frozen prefix once per image and train on its cached output (see features.py):
+    # "auto" uses it when the frozen layers come first and images are not randomly augmented.
+    feature_cache: str = setting(
+        "auto", "Feature cache", "Run the frozen layers once per image and train the rest on "
+        "their saved output: many times faster when only the last layers train. Used when the "
+        "frozen layers come first and images are not randomly augmented (or augmented views "
+        "are cached).", choices=(("auto", "auto: when frozen layers come first"),
+                                 ("off", "off")), tab="Speed & records")
+    cache_views: int = setting(
+        0, "Augmented views", "With augmentation on: how many augmented views of every image "
+        "to pass through the frozen layers and cache; none trains on images as usual.",
+        low=0, high=64, off="none", suffix=" views", metavar="K", tab="Speed & records")
+    image_cache: str = setting(
+        "auto", "Image cache", "Decode and resize every image once and keep it in memory "
+        "when they fit, so epochs after the first skip reading the files.",
+        choices=(("auto", "auto: when the images fit in memory"), ("off", "off")),
+        tab="Speed & records")
+    seed: int = setting(0, "Seed", "Seed of the random split, shuffling and augmentation; "
+                        "the same seed repeats a run.", low=0, high=2**31 - 1,
+                        tab="Speed & records")
+    deterministic: bool = setting(
+        False, "Deterministic algorithms", "Bit-identical re-runs on the same machine, at "
+        "some speed.", tab="Speed & records")
+    tensorboard: bool = setting(
+        True, "Write TensorBoard event files", "Write the run's curves, settings and "
+        "confusion matrix into its tensorboard/ folder (when the tensorboard package is "
+        "installed); tensorboard --logdir on the runs folder shows every run.",
+        tab="Speed & records")
 
     def __post_init__(self) -> None:
-        _require(1 <= self.epochs <= 100_000,
-                 f"epochs must be between 1 and 100000; got {self.epochs}")
-        _require(1 <= self.batch_size <= 65_536,
-                 f"batch_size must be between 1 and 65536; got {self.batch_size}")
-        _choice("loss", self.loss, LOSSES)
-        _finite("label_smoothing", self.label_smoothing, 0.0, 0.99)
-        _finite("grad_clip", self.grad_clip, 0.0)
-        _require(self.accumulate >= 1, f"accumulate must be at least 1; got {self.accumulate}")
-        _require(self.early_stopping >= 0, "early_stopping must be 0 (off) or a patience")
-        _choice("monitor", self.monitor, MONITORS)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _require(self.workers >= -1, f"workers must be -1 (auto) or more; got {self.workers}")
-        _choice("feature_cache", self.feature_cache, CACHE_MODES)
-        _choice("image_cache", self.image_cache, CACHE_MODES)
-        _require(0 <= self.cache_views <= 64,
-                 f"cache_views must be between 0 and 64; got {self.cache_views}")
-        _require(1 <= self.processes <= 1024,
-                 f"processes must be between 1 and 1024; got {self.processes}")
-        _finite("mixup", self.mixup, 0.0, 10.0)
-        _finite("cutmix", self.cutmix, 0.0, 10.0)
-        _finite("mix_prob", self.mix_prob, 0.0, 1.0)
-        _finite("mix_switch", self.mix_switch, 0.0, 1.0)
-        _require(self.mix_until >= 0, f"mix_until must be 0 (every epoch) or an epoch; got "
-                                      f"{self.mix_until}")
+        check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +366,16 @@ class RunConfig:
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"config file {path} cannot be read: {error}") from error
         return cls.from_toml(text, source=str(path))
+
+
+# The sections whose fields have settings (head: model.head), in the order the faces show them
+SECTIONS: dict[str, type] = {"train": TrainConfig, "data": DataConfig, "head": HeadConfig,
+                             "optim": OptimConfig}
+
+
+def all_described() -> list[Described]:
+    """Every field with a setting, section by section: what the CLI and the Train page show."""
+    return [item for section, cls in SECTIONS.items() for item in described(cls, section)]
 
 
 FILE_MODE = 0o644

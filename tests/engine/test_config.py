@@ -173,7 +173,7 @@ GROUPS = 'groups = [{name = "a", patterns = ["x"], lr = 0.1}, '
     (f'[optim]\n{GROUPS}{{name = "b", patterns = ["y"], lr = -1.0}}]',
      r"optim\.groups\[1\]\W+lr must be at least 0(\.0)?; got -1"),
     ("[train]\nepochs = 0", r"train\W+epochs must be between 1 and 100000; got 0"),
-    ("[data]\nval_fraction = 1.5", r"data\W+val_fraction must be at most 0\.9; got 1\.5"),
+    ("[data]\nval_fraction = 1.5", r"data\W+val_fraction must be between 0 and 0\.9; got 1\.5"),
     ("[data]\nimage_size = 8", r"data\W+image_size must be between 16 and 2048"),
     ("[data]\nimage_size = 224.5", r"data\.image_size must be a whole number; got 224\.5"),
     ('[model]\nbakcbone = "resnet18"',
