@@ -121,6 +121,7 @@ class FreezeSpec:
 
 
 MAX_LR = 10.0  # the highest learning rate a config accepts, for a group or the base
+MAX_WEIGHT_DECAY = 1.0  # the same for weight decay
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class ParamGroupSpec:
         _require(bool(self.name), "a parameter group needs a name")
         _finite("lr", self.lr, 0.0, MAX_LR)
         if self.weight_decay is not None:
-            _finite("weight_decay", self.weight_decay, 0.0, 1.0)
+            _finite("weight_decay", self.weight_decay, 0.0, MAX_WEIGHT_DECAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +166,7 @@ class OptimConfig:
                         "group matches.", low=0.0, high=MAX_LR, flag="base-lr", metavar="LR")
     weight_decay: float = setting(1e-4, "Weight decay", "Decoupled weight decay (AdamW) or L2 "
                                   "penalty (SGD, Adam) of every group without its own.",
-                                  low=0.0, high=1.0, metavar="WD")
+                                  low=0.0, high=MAX_WEIGHT_DECAY, metavar="WD")
     momentum: float = setting(0.9, "Momentum", "SGD's momentum.", low=0.0, high=0.999,
                               metavar="M")
     nesterov: bool = setting(False, "Nesterov momentum", "SGD with Nesterov momentum.")

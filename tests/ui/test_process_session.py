@@ -293,10 +293,11 @@ def test_the_processes_field_edits_the_config_and_says_what_it_means(qtbot, monk
     project = ProjectModel(RunConfig(train=TrainConfig(device="cpu")))
     panel = TrainingPanel(project, with_shortcuts=False)
     qtbot.addWidget(panel)
-    assert panel.processes_spin.value() == 1 and panel.processes_hint.text() == "one process"
-    assert panel.processes_spin.maximum() == max(1, os.cpu_count() or 1)
-    panel.processes_spin.setValue(2)
-    assert project.config.train.processes == min(2, panel.processes_spin.maximum())
+    processes = panel.widgets["train.processes"]
+    assert processes.value() == 1 and panel.processes_hint.text() == "one process"
+    assert panel.widgets["train.processes"].maximum() == max(1, os.cpu_count() or 1)
+    panel.widgets["train.processes"].setValue(2)
+    assert project.config.train.processes == min(2, panel.widgets["train.processes"].maximum())
     if project.config.train.processes == 2:
         assert panel.processes_hint.text() == "2 CPU processes (gloo), a batch each"
 
@@ -305,7 +306,7 @@ def test_the_processes_field_edits_the_config_and_says_what_it_means(qtbot, monk
     gpu_project = ProjectModel(RunConfig(train=TrainConfig(device="auto", processes=2)))
     gpu_panel = TrainingPanel(gpu_project, with_shortcuts=False)
     qtbot.addWidget(gpu_panel)
-    assert gpu_panel.processes_spin.maximum() == 2  # one process per GPU
+    assert gpu_panel.widgets["train.processes"].maximum() == 2  # one process per GPU
     assert gpu_panel.processes_hint.text() == "2 GPUs (NCCL), a batch each"
     gpu_panel.set_running(True, pausable=False)
     assert not gpu_panel.pause_button.isEnabled() and gpu_panel.stop_button.isEnabled()

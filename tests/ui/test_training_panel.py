@@ -49,11 +49,12 @@ def fit_ended(outcome: Outcome, message: str, run_dir: str, done: int = 2) -> Fi
 
 
 def test_editing_epochs_updates_the_project(panel: TrainingPanel, project) -> None:
-    panel.epochs_spin.setValue(7)
+    panel.widgets["train.epochs"].setValue(7)
     assert project.config.train.epochs == 7
-    panel.optimizer_combo.setCurrentIndex(panel.optimizer_combo.findData("sgd"))
+    optimizer = panel.widgets["optim.optimizer"]
+    optimizer.setCurrentIndex(optimizer.findData("sgd"))
     assert project.config.optim.optimizer == "sgd"
-    panel.image_size_spin.setValue(96)
+    panel.widgets["data.image_size"].setValue(96)
     assert project.config.data.image_size == 96
     assert not panel.error_label.isVisible()
 
@@ -63,29 +64,32 @@ def test_config_changes_show_in_the_form_without_echoing_back(panel, project) ->
     project.config_changed.connect(edits.append)
     config = project.config
     project.set_config(config.replace(train=TrainConfig(epochs=42, seed=5)))
-    assert panel.epochs_spin.value() == 42 and panel.seed_spin.value() == 5
+    assert panel.widgets["train.epochs"].value() == 42 and panel.widgets["train.seed"].value() == 5
     assert len(edits) == 1  # the form did not write the value back as a second edit
 
 
 def test_an_invalid_value_shows_a_reason_and_changes_nothing(panel, project) -> None:
     before = project.config
-    panel.image_size_spin.setValue(8)  # below the 16 px the config accepts
+    panel.widgets["data.image_size"].setValue(8)  # below the 16 px the config accepts
     assert project.config == before
     assert panel.error_label.isVisible()
     assert "Image size must be between 16 and 2048" in panel.error_label.text()
-    assert panel.image_size_spin.specialValueText() == panel.image_size_spin.text()  # "auto"
-    panel.image_size_spin.setValue(64)
+    size = panel.widgets["data.image_size"]
+    assert size.specialValueText() == size.text()  # "auto"
+    panel.widgets["data.image_size"].setValue(64)
     assert not panel.error_label.isVisible()
 
 
 def test_onecycle_disables_warmup(panel: TrainingPanel) -> None:
-    panel.schedule_combo.setCurrentIndex(panel.schedule_combo.findData("onecycle"))
-    assert not panel.warmup_spin.isEnabled()
+    schedule = panel.widgets["optim.schedule"]
+    schedule.setCurrentIndex(schedule.findData("onecycle"))
+    assert not panel.widgets["optim.warmup_epochs"].isEnabled()
 
 
 def test_device_hint_says_what_auto_picks(panel: TrainingPanel) -> None:
     assert "CPU" in panel.device_hint.text()
-    cuda = panel.device_combo.model().item(panel.device_combo.findData("cuda"))
+    devices = panel.widgets["train.device"]
+    cuda = devices.model().item(devices.findData("cuda"))
     assert not cuda.isEnabled()
 
 
@@ -98,11 +102,12 @@ def test_probe_devices_names_what_auto_picks() -> None:
 def test_running_locks_settings_and_offers_stop(panel: TrainingPanel) -> None:
     assert panel.train_button.isEnabled() and not panel.stop_button.isEnabled()
     panel.set_running(True)
-    assert not panel.epochs_spin.isEnabled() and not panel.device_combo.isEnabled()
+    assert not panel.widgets["train.epochs"].isEnabled()
+    assert not panel.widgets["train.device"].isEnabled()
     assert not panel.train_button.isEnabled()
     assert panel.stop_button.isEnabled() and panel.pause_button.isEnabled()
     panel.set_running(False)
-    assert panel.epochs_spin.isEnabled() and panel.train_button.isEnabled()
+    assert panel.widgets["train.epochs"].isEnabled() and panel.train_button.isEnabled()
     assert not panel.stop_button.isEnabled()
 
 
@@ -184,12 +189,38 @@ def test_early_stopped_run_says_why(panel: TrainingPanel, tmp_path: Path) -> Non
 
 
 def test_every_control_has_a_tooltip(panel: TrainingPanel) -> None:
-    from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox
+    from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QTabBar
 
     controls = panel.findChildren(QAbstractSpinBox) + panel.findChildren(QComboBox) \
         + panel.findChildren(QAbstractButton)
+    controls = [c for c in controls if not isinstance(c.parent(), QTabBar)]  # Qt's arrows
     assert controls
     assert all(control.toolTip() for control in controls)
+
+
+def test_every_field_declaring_a_tab_is_on_it_with_its_label_help_and_limits(
+        panel: TrainingPanel, project: ProjectModel) -> None:
+    from PySide6.QtWidgets import QDoubleSpinBox, QFormLayout
+
+    from studio.engine.config import all_described
+    from studio.engine.fields import TABS
+
+    declared = [item for item in all_described()
+                if item.setting.tab and item.section in ("train", "data", "optim")]
+    assert {item.key for item in declared} == set(panel.widgets)
+    assert [panel.settings_tabs.tabText(i) for i in range(panel.settings_tabs.count())] \
+        == list(TABS)
+    mixup = panel.widgets["train.mixup"]
+    assert isinstance(mixup, QDoubleSpinBox)
+    assert (mixup.minimum(), mixup.maximum()) == (0.0, 10.0)  # TrainConfig's limits
+    assert mixup.toolTip().startswith("Train on blends of two images")
+    recipe = panel.settings_tabs.widget(TABS.index("Recipe")).layout()
+    assert isinstance(recipe, QFormLayout)
+    assert recipe.labelForField(mixup).text() == "MixUp"
+    mixup.setValue(0.4)  # an edit reaches the project's config
+    assert project.config.train.mixup == pytest.approx(0.4)
+    monitor = panel.widgets["train.monitor"]
+    assert monitor.itemText(monitor.findData("macro_f1")) == "macro F1"
 
 
 def test_cache_reports_show_what_is_cached_and_why_not(panel: TrainingPanel) -> None:
@@ -203,19 +234,20 @@ def test_cache_reports_show_what_is_cached_and_why_not(panel: TrainingPanel) -> 
     lines = panel.cache_label.text().splitlines()
     assert lines == ["Feature cache: on, 300 images, 0.6 MB in 1.5 s (cut after flatten)",
                      "Image cache: off (switched off)"]
-    assert panel.feature_cache_combo.currentData() == "auto"
+    assert panel.widgets["train.feature_cache"].currentData() == "auto"
 
 
 def test_switching_the_feature_cache_off_edits_the_config(panel: TrainingPanel, project) -> None:
-    panel.feature_cache_combo.setCurrentIndex(panel.feature_cache_combo.findData("off"))
+    cache = panel.widgets["train.feature_cache"]
+    cache.setCurrentIndex(cache.findData("off"))
     assert project.config.train.feature_cache == "off"
-    panel.cache_views_spin.setValue(4)
+    panel.widgets["train.cache_views"].setValue(4)
     assert project.config.train.cache_views == 4
 
 
 def test_the_tensorboard_box_switches_the_event_files(panel: TrainingPanel, project) -> None:
-    assert panel.tensorboard_check.isChecked()  # on by default
-    panel.tensorboard_check.setChecked(False)
+    assert panel.widgets["train.tensorboard"].isChecked()  # on by default
+    panel.widgets["train.tensorboard"].setChecked(False)
     assert project.config.train.tensorboard is False
     project.update("train", tensorboard=True)
-    assert panel.tensorboard_check.isChecked()
+    assert panel.widgets["train.tensorboard"].isChecked()

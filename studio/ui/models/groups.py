@@ -22,7 +22,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QFont, QGuiApplication, QPalette
 
-from studio.engine.config import ParamGroupSpec, RunConfig
+from studio.engine.config import MAX_LR, MAX_WEIGHT_DECAY, ParamGroupSpec, RunConfig
 from studio.engine.errors import ConfigError
 from studio.engine.params import DEFAULT_GROUP, assign_groups, is_under, matches
 from studio.ui.project import ProjectModel
@@ -39,8 +39,6 @@ HEADER_TIPS = (
 )
 NUMEL_ROLE = Qt.ItemDataRole.UserRole + 1  # int: parameters in the row's group
 TRAINABLE_ROLE = Qt.ItemDataRole.UserRole + 2  # int: of those, the trainable ones
-MAX_LR = 10.0  # the engine's limits (config.py)
-MAX_DECAY = 1.0
 
 Index = QModelIndex | QPersistentModelIndex
 ROOT = QModelIndex()
@@ -271,7 +269,7 @@ class GroupTableModel(QAbstractTableModel):
             return (None, reason) if value is None else (dataclasses.replace(group, lr=value), "")
         if not text.strip():  # weight decay: empty means the optimizer's
             return dataclasses.replace(group, weight_decay=None), ""
-        value, reason = parse_number(text, "weight decay", 0.0, MAX_DECAY)
+        value, reason = parse_number(text, "weight decay", 0.0, MAX_WEIGHT_DECAY)
         return (None, reason) if value is None \
             else (dataclasses.replace(group, weight_decay=value), "")
 

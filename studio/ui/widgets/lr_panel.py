@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.engine.backbones import ModelDescription
-from studio.engine.config import ParamGroupSpec, RunConfig
+from studio.engine.config import MAX_LR, MAX_WEIGHT_DECAY, ParamGroupSpec, RunConfig
 from studio.engine.errors import ConfigError
 from studio.engine.layer_decay import DEFAULT_RATE, description_layer_decay
 from studio.engine.params import (
@@ -42,8 +42,6 @@ from studio.engine.params import (
 from studio.ui.models.groups import (
     DECAY_COLUMN,
     LR_COLUMN,
-    MAX_DECAY,
-    MAX_LR,
     NAME_COLUMN,
     PARAMS_COLUMN,
     PATTERNS_COLUMN,
@@ -347,7 +345,7 @@ class LearningRatePanel(ProgressiveStages, QWidget):
         self._commit_rate(self.lr_error, reason, lr=value)
 
     def _on_decay_edit_editing_finished(self) -> None:
-        value, reason = parse_number(self.decay_edit.text(), "weight decay", 0.0, MAX_DECAY)
+        value, reason = parse_number(self.decay_edit.text(), "weight decay", 0.0, MAX_WEIGHT_DECAY)
         if value is not None and format_number(value) == format_number(self._shown_decay or 0):
             value = self._shown_decay
         self._commit_rate(self.decay_error, reason, weight_decay=value)

@@ -1,6 +1,7 @@
 """TrainingPanel: the run's loop settings, Train / Pause / Stop, progress, and the result.
 
-The panel edits ``project.config`` (sections ``train``, ``optim`` and ``data.image_size``) and
+The panel edits ``project.config`` (the fields of ``train``, ``optim`` and ``data`` that declare a
+Train-page tab, see studio.engine.fields) and
 mirrors it back without feedback loops. It does not own the TrainingSession: the window connects
 ``train_requested`` & co. to the session and the session's events to the ``on_…`` slots.
 """
@@ -16,7 +17,6 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -24,12 +24,14 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QStyle,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from studio.engine.config import RunConfig
+from studio.engine.config import RunConfig, all_described
 from studio.engine.errors import StudioError
+from studio.engine.fields import TABS
 from studio.ui.devices import (
     DeviceInfo,
     processes_hint,
@@ -37,22 +39,21 @@ from studio.ui.devices import (
     request_device_info,
 )
 from studio.ui.project import ProjectModel
-from studio.ui.widgets.form import Field, make_combo, make_spin, signals_blocked
+from studio.ui.widgets.form import Field, setting_field, signals_blocked
 from studio.ui.widgets.training_progress import MUTED_COLOR, RunProgress, as_sentence
 
 ERROR_COLOR = "#b00020"
 
-OPTIMIZER_CHOICES = (("SGD", "sgd"), ("Adam", "adam"), ("AdamW", "adamw"))
-SCHEDULE_CHOICES = (("constant", "none"), ("step decay", "step"), ("cosine", "cosine"),
-                    ("one-cycle", "onecycle"))
-PRECISION_CHOICES = (("auto", "auto"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))
-DEVICE_CHOICES = (("auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda"), ("Apple GPU", "mps"))
-FEATURE_CACHE_CHOICES = (("auto: when frozen layers come first", "auto"), ("off", "off"))
-IMAGE_CACHE_CHOICES = (("auto: when the images fit in memory", "auto"), ("off", "off"))
-
-
-
 # -- small helpers ----------------------------------------------------------------------------
+
+
+def _hint(text: str, tooltip: str) -> QLabel:
+    """A muted line under a setting: what it means on this machine."""
+    label = QLabel(text)
+    label.setToolTip(tooltip)
+    label.setStyleSheet(f"color: {MUTED_COLOR};")
+    label.setWordWrap(True)
+    return label
 
 
 # -- the panel --------------------------------------------------------------------------------
@@ -103,87 +104,41 @@ class TrainingPanel(RunProgress, QWidget):
     # -- construction ---------------------------------------------------------------------
 
     def _build_settings(self) -> None:
+        """One tab per group of the loop's settings; every row is made from its config field's
+        declared label, help, choices and limits (studio.engine.fields), so a new field shows
+        up here by being declared."""
         self._settings_box = QGroupBox("Training settings", self)
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        form.setHorizontalSpacing(10)
+        self.settings_tabs = QTabWidget(self._settings_box)
+        self.settings_tabs.setDocumentMode(True)
+        forms: dict[str, QFormLayout] = {}
+        for tab in TABS:
+            page = QWidget()
+            form = forms[tab] = QFormLayout(page)
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+            form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            form.setHorizontalSpacing(10)
+            self.settings_tabs.addTab(page, tab)
 
-        self.epochs_spin = make_spin(1, 100_000, "How many passes over the training images.")
-        self.batch_size_spin = make_spin(1, 65_536, "Images per optimizer step; lower it if memory "
-                                          "runs out.", step=8)
-        self.image_size_spin = make_spin(0, 2048, "Side of the square the images are resized to; "
-                                          "auto uses the backbone weights' own size.", step=32,
-                                          special="auto", suffix=" px")
-        self.optimizer_combo = make_combo(OPTIMIZER_CHOICES, "The optimizer: AdamW is a good "
-                                           "default for fine-tuning, SGD with momentum a classic.")
-        self.schedule_combo = make_combo(SCHEDULE_CHOICES, "How the learning rate changes over "
-                                          "the run (warm-up first, if set).")
-        self.warmup_spin = QDoubleSpinBox()
-        self.warmup_spin.setRange(0.0, 1000.0)
-        self.warmup_spin.setDecimals(1)
-        self.warmup_spin.setSingleStep(0.5)
-        self.warmup_spin.setKeyboardTracking(False)
-        self.warmup_spin.setSpecialValueText("none")
-        self.warmup_spin.setSuffix(" epochs")
-        self.warmup_spin.setToolTip("Epochs over which the learning rate ramps up from near "
-                                    "zero (one-cycle has its own warm-up).")
-        self.precision_combo = make_combo(PRECISION_CHOICES, "Number format: bf16/fp16 are faster "
-                                           "on GPUs; auto picks the best this device supports.")
-        self.device_combo = make_combo(DEVICE_CHOICES, "Where training runs; auto prefers a GPU.")
-        self.device_hint = QLabel("checking…")
-        self.device_hint.setToolTip("What auto picks on this machine.")
-        self.device_hint.setStyleSheet(f"color: {MUTED_COLOR};")
-        self.device_hint.setWordWrap(True)
-        self.processes_spin = make_spin(1, processes_limit("auto", None), "Processes training "
-                                         "together on this machine: one per GPU on CUDA, or CPU "
-                                         "processes. Each takes its own batch of the batch size.")
-        self.processes_hint = QLabel("one process")
-        self.processes_hint.setToolTip("How the processes share the work.")
-        self.processes_hint.setStyleSheet(f"color: {MUTED_COLOR};")
-        self.processes_hint.setWordWrap(True)
-        self.early_stopping_spin = make_spin(0, 1000, "Stop when the monitored metric has not "
-                                              "improved for this many epochs; off trains them all.",
-                                              special="off", suffix=" epochs")
-        self.seed_spin = make_spin(0, 2**31 - 1, "Seed of the random split, shuffling and "
-                                    "augmentation; the same seed repeats a run.")
-        self.feature_cache_combo = make_combo(
-            FEATURE_CACHE_CHOICES, "Run the frozen layers once per image and train the rest on "
-            "their saved output: many times faster when only the last layers train. Used when "
-            "the frozen layers come first and images are not randomly augmented (or augmented "
-            "views are cached).")
-        self.cache_views_spin = make_spin(
-            0, 64, "With augmentation on: how many augmented views of every image to pass "
-            "through the frozen layers and cache; none trains on images as usual.",
-            special="none", suffix=" views")
-        self.image_cache_combo = make_combo(
-            IMAGE_CACHE_CHOICES, "Decode and resize every image once and keep it in memory, so "
-            "epochs after the first skip reading the files.")
-        self.tensorboard_check = QCheckBox("Write TensorBoard event files")
-        self.tensorboard_check.setToolTip(
-            "Write the run's curves, settings and confusion matrix into its tensorboard/ "
-            "folder; tensorboard --logdir on the runs folder shows every run.")
+        self.device_hint = _hint("checking…", "What auto picks on this machine.")
+        self.processes_hint = _hint("one process", "How the processes share the work.")
+        below = {"train.device": self.device_hint, "train.processes": self.processes_hint}
+        self._fields: list[Field] = []
+        self.widgets: dict[str, QWidget] = {}  # "train.epochs" → its spin box
+        for item in all_described():
+            if item.setting.tab not in forms or item.section not in ("train", "data", "optim"):
+                continue
+            field = setting_field(item)
+            self._fields.append(field)
+            self.widgets[field.key] = field.widget
+            forms[item.setting.tab].addRow(field.label, field.widget)
+            if field.key in below:
+                forms[item.setting.tab].addRow("", below[field.key])
+            field.edited.connect(partial(self._on_field_edited, field))
         if importlib.util.find_spec("tensorboard") is None:  # finding it imports nothing
-            self.tensorboard_check.setText("Write TensorBoard event files (the tensorboard "
-                                           "package is not installed)")
-
-        form.addRow("Epochs", self.epochs_spin)
-        form.addRow("Batch size", self.batch_size_spin)
-        form.addRow("Image size", self.image_size_spin)
-        form.addRow("Optimizer", self.optimizer_combo)
-        form.addRow("LR schedule", self.schedule_combo)
-        form.addRow("Warm-up", self.warmup_spin)
-        form.addRow("Precision", self.precision_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow("", self.device_hint)
-        form.addRow("Processes", self.processes_spin)
-        form.addRow("", self.processes_hint)
-        form.addRow("Early stopping", self.early_stopping_spin)
-        form.addRow("Seed", self.seed_spin)
-        form.addRow("Feature cache", self.feature_cache_combo)
-        form.addRow("Augmented views", self.cache_views_spin)
-        form.addRow("Image cache", self.image_cache_combo)
-        form.addRow("TensorBoard", self.tensorboard_check)
+            tensorboard = self.widgets["train.tensorboard"]
+            assert isinstance(tensorboard, QCheckBox)
+            tensorboard.setText(f"{tensorboard.text()} (the tensorboard package is not "
+                                f"installed)")
 
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
@@ -192,45 +147,8 @@ class TrainingPanel(RunProgress, QWidget):
         self.error_label.setVisible(False)
 
         box_layout = QVBoxLayout(self._settings_box)
-        box_layout.addLayout(form)
+        box_layout.addWidget(self.settings_tabs)
         box_layout.addWidget(self.error_label)
-
-        def spin(label: str, widget: QSpinBox | QDoubleSpinBox, section: str,
-                 name: str) -> Field:
-            return Field(label, widget, section, name, widget.value, widget.setValue)
-
-        def combo(label: str, widget: QComboBox, section: str, name: str) -> Field:
-            return Field(label, widget, section, name, widget.currentData,
-                          partial(self._select, widget))
-
-        def show_image_size(value: int | None) -> None:
-            self.image_size_spin.setValue(value or 0)
-
-        self._fields = [
-            spin("Epochs", self.epochs_spin, "train", "epochs"),
-            spin("Batch size", self.batch_size_spin, "train", "batch_size"),
-            Field("Image size", self.image_size_spin, "data", "image_size",
-                   lambda: self.image_size_spin.value() or None, show_image_size),
-            combo("Optimizer", self.optimizer_combo, "optim", "optimizer"),
-            combo("LR schedule", self.schedule_combo, "optim", "schedule"),
-            spin("Warm-up", self.warmup_spin, "optim", "warmup_epochs"),
-            combo("Precision", self.precision_combo, "train", "precision"),
-            combo("Device", self.device_combo, "train", "device"),
-            spin("Processes", self.processes_spin, "train", "processes"),
-            spin("Early stopping", self.early_stopping_spin, "train", "early_stopping"),
-            spin("Seed", self.seed_spin, "train", "seed"),
-            combo("Feature cache", self.feature_cache_combo, "train", "feature_cache"),
-            spin("Augmented views", self.cache_views_spin, "train", "cache_views"),
-            combo("Image cache", self.image_cache_combo, "train", "image_cache"),
-            Field("TensorBoard", self.tensorboard_check, "train", "tensorboard",
-                  self.tensorboard_check.isChecked, self.tensorboard_check.setChecked),
-        ]
-        for field in self._fields:
-            widget = field.widget
-            signal = (widget.currentIndexChanged if isinstance(widget, QComboBox)
-                      else widget.toggled if isinstance(widget, QCheckBox)
-                      else widget.valueChanged)
-            signal.connect(partial(self._on_field_edited, field))
 
     def _build_controls(self, with_shortcuts: bool) -> None:
         style = self.style()
@@ -272,21 +190,17 @@ class TrainingPanel(RunProgress, QWidget):
 
     # -- settings <-> config --------------------------------------------------------------
 
-    @staticmethod
-    def _select(combo: QComboBox, value: Any) -> None:
-        index = combo.findData(value)
-        if index >= 0:
-            combo.setCurrentIndex(index)
-
     def _show_config(self, config: RunConfig) -> None:
         """Put the config's values in the widgets without echoing them back as edits."""
         with signals_blocked([field.widget for field in self._fields]):
             # a project from a bigger machine shows its own count, not this machine's limit
-            self.processes_spin.setMaximum(max(config.train.processes, processes_limit(
+            processes = self.widgets["train.processes"]
+            assert isinstance(processes, QSpinBox)
+            processes.setMaximum(max(config.train.processes, processes_limit(
                 config.train.device, self._device_info)))
             for field in self._fields:
                 field.write(getattr(getattr(config, field.section), field.name))
-        self.warmup_spin.setEnabled(config.optim.schedule != "onecycle")
+        self.widgets["optim.warmup_epochs"].setEnabled(config.optim.schedule != "onecycle")
         self.processes_hint.setText(processes_hint(config.train.processes, config.train.device,
                                                    self._device_info))
 
@@ -324,10 +238,12 @@ class TrainingPanel(RunProgress, QWidget):
         self.device_hint.setText(f"auto → {info.auto_device} · {info.auto_precision}")
         self.device_hint.setToolTip(f"On this machine auto trains on {info.auto_device} "
                                     f"with {info.auto_precision} precision.")
-        model = self.device_combo.model()
+        devices = self.widgets["train.device"]
+        assert isinstance(devices, QComboBox)
+        model = devices.model()
         for value, present, why in (("cuda", info.cuda, "no CUDA GPU on this machine"),
                                     ("mps", info.mps, "no Apple GPU on this machine")):
-            index = self.device_combo.findData(value)
+            index = devices.findData(value)
             item = model.item(index) if hasattr(model, "item") else None
             if item is not None and not present:
                 item.setEnabled(False)
