@@ -218,7 +218,7 @@ class TrainConfig:
         "tames spikes.", low=0.0, high=1e6, step=0.5, off="off", metavar="NORM", tab="Recipe")
     accumulate: int = setting(
         1, "Accumulate", "Batches whose gradients add up to one optimizer step: a larger "
-        "effective batch in the same memory.", low=1, high=4096, suffix=" batches",
+        "effective batch in the same memory.", low=1, high=4096, off="off", suffix=" batches",
         metavar="N", tab="Recipe")
     # MixUp / CutMix (engine/mixing.py): alpha of each (0 = off), the share of batches mixed,
     # CutMix's share when both are on, and the last epoch that mixes (0 = every epoch)

@@ -117,7 +117,7 @@ class TrainingPanel(RunProgress, QWidget):
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
             form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             form.setHorizontalSpacing(10)
-            self.settings_tabs.addTab(page, tab)
+            self.settings_tabs.addTab(page, tab.replace("&", "&&"))  # not a mnemonic
 
         self.device_hint = _hint("checking…", "What auto picks on this machine.")
         self.processes_hint = _hint("one process", "How the processes share the work.")
