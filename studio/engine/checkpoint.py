@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from studio.engine.config import FILE_MODE
+from studio.engine.config_io import FILE_MODE
 from studio.engine.errors import DiskError, StudioError, explain_os_error
 from studio.engine.events import CheckpointSaved
 

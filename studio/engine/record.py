@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import __version__
-from studio.engine.config import atomic_write_text
+from studio.engine.config_io import atomic_write_text
 
 RECORD_FORMAT = "finetune-studio-run"
 RECORD_VERSION = 1

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from studio.engine.config import ConfigError, RunConfig, atomic_write_text
+from studio.engine.config import ConfigError, RunConfig
+from studio.engine.config_io import atomic_write_text
 from studio.engine.errors import FULL, DiskError, StudioError, explain_os_error
 from studio.engine.events import (
     CacheReport,

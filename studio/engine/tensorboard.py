@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from studio.engine.config import RunConfig, to_dict
+from studio.engine.config import RunConfig
+from studio.engine.config_io import to_dict
 from studio.engine.errors import explain_os_error
 from studio.engine.events import (
     BatchEnded,

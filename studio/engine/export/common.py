@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from studio.engine.config import FILE_MODE
+from studio.engine.config_io import FILE_MODE
 
 
 @contextlib.contextmanager

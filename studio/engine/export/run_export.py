@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from studio.engine.config import ConfigError, RunConfig, atomic_write_text
+from studio.engine.config import ConfigError, RunConfig
+from studio.engine.config_io import atomic_write_text
 from studio.engine.data import Sample, scan_folder
 from studio.engine.errors import FULL, DatasetError, explain_os_error
 from studio.engine.export.bundle import PREDICT_PY, model_card

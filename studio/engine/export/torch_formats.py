@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from studio.engine.config import FILE_MODE
+from studio.engine.config_io import FILE_MODE
 from studio.engine.export.common import _first_line, _install, _quiet, _scratch
 from studio.engine.export.onnx import onnx_metadata
 from studio.engine.export.results import ExportError, FormatResult, Parity
