@@ -61,7 +61,9 @@ def add_train_parser(commands: Any) -> None:
     freeze.add_argument("--weight-decay", type=float, metavar="WD")
     loop = train.add_argument_group("training")
     loop.add_argument("--epochs", type=int, metavar="N")
-    loop.add_argument("--batch-size", type=int, metavar="N")
+    loop.add_argument("--batch-size", type=_batch_size, metavar="N|auto",
+                      help="images per step (per process); auto: the largest that fits on the "
+                           "CUDA GPU, less a 10 %% margin, found by trial steps before training")
     loop.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     loop.add_argument("--schedule", choices=["none", "step", "cosine", "onecycle"])
     loop.add_argument("--warmup-epochs", type=float, metavar="E")
@@ -111,6 +113,19 @@ def add_train_parser(commands: Any) -> None:
     train.set_defaults(handler=_cmd_train)
 
 
+AUTO = "auto"
+
+
+def _batch_size(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number of images or auto; got {text!r}")\
+            from None
+
+
 # flag -> (config section, field)
 _OVERRIDES = {
     "data": ("data", "root"), "image_size": ("data", "image_size"),
@@ -149,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     changes: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for flag, (section, field) in _OVERRIDES.items():
         value = getattr(args, flag, None)
-        if value is not None:
+        if value is not None and not (flag == "batch_size" and value == AUTO):  # found later
             changes[section][field] = value
     if args.no_channels_last:
         changes["train"]["channels_last"] = False
@@ -268,6 +283,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise StudioError("no dataset given; pass --data DIR (a folder with one subfolder "
                           "per class), --sample, or --config")
     _fetch_weights(config)
+    if args.batch_size == AUTO:
+        config = _auto_batch_size(config)
+        args.argv = _with_batch_size(args.argv, config.train.batch_size)  # for torchrun's ranks
     if args.find_lr:
         return _find_lr(args, config)
     if wants_launch(args, config.train.processes):
@@ -285,6 +303,31 @@ def _fetch_weights(config: Any) -> None:
     weights = weights_to_download(config.model)
     if weights is not None:
         ensure_pretrained(config.model, DownloadProgress(hub_cache_path(weights).name))
+
+
+def _auto_batch_size(config: Any) -> Any:
+    """The config with the batch size :func:`find_batch_size` finds (the configured one on a
+    machine without a CUDA GPU), said in one line; the run's config.toml records the number."""
+    import dataclasses
+
+    from studio.engine.batch_finder import find_batch_size
+
+    found = find_batch_size(config)
+    print(found.message, file=sys.stderr, flush=True)
+    return config.replace(train=dataclasses.replace(config.train, batch_size=found.batch_size))
+
+
+def _with_batch_size(argv: list[str], batch: int) -> list[str]:
+    """``argv`` with ``--batch-size auto`` (or ``--batch-size=auto``) given as ``batch``."""
+    out = list(argv)
+    for index, token in enumerate(out):
+        flag, sep, value = token.partition("=")
+        if len(flag) > 3 and "--batch-size".startswith(flag):  # argparse takes prefixes
+            if sep and value == AUTO:
+                out[index] = f"{flag}={batch}"
+            elif not sep and index + 1 < len(out) and out[index + 1] == AUTO:
+                out[index + 1] = str(batch)
+    return out
 
 
 def _rerun_config(args: argparse.Namespace) -> Any:
