@@ -241,8 +241,8 @@ def _trial_step(parts: Any) -> Callable[[int], BatchTrial]:
         try:
             step(batch)
             fitted = True
-        except torch.OutOfMemoryError:
-            fitted = False  # the step's tensors go with its frames once this block ends
+        except torch.OutOfMemoryError:  # the step's tensors go with its frames after this
+            fitted = False
         optimizer.zero_grad(set_to_none=True)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda and fitted else math.nan
         if not fitted:

@@ -130,10 +130,10 @@ class MicroBatcher:
                         self._pieces(forward, earlier, earlier_goal, accumulate, False, ddp)
                 loss, logits = self._pieces(forward, images, goal, accumulate, stepping, ddp)
                 break
-            except torch.OutOfMemoryError:
-                log.info("out of memory in a training step", exc_info=True)
-            # Out of the except block, the traceback (and the frames holding the attempt's
-            # activations and graph) is gone: now the memory can be given back.
+            except torch.OutOfMemoryError as error:  # text only: a record holding the error
+                log.info("out of memory in a training step: %s", str(error))  # holds frames
+            # Out of the except block the traceback is gone, and with it the attempt's frames
+            # and the activations and graph they held: now the memory can be given back.
             self._shrink(max(b.shape[0] for b, _ in [*self._window, (images, goal)]),
                          epoch, step)
             retry = True
@@ -206,8 +206,8 @@ class MicroBatcher:
                 if count == 1:
                     return module(images)
                 return torch.cat([module(part) for part in images.tensor_split(count)])
-            except torch.OutOfMemoryError:
-                log.info("out of memory in validation", exc_info=True)
+            except torch.OutOfMemoryError as error:
+                log.info("out of memory in validation: %s", str(error))
             free_memory(self.device)
             piece = math.ceil(images.shape[0] / self.val_chunks)
             if piece <= 1:

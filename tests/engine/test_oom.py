@@ -352,3 +352,24 @@ def test_validation_that_runs_out_of_memory_goes_on_in_pieces(tiny_dataset: Path
     assert result.outcome is Outcome.COMPLETED, result.message
     assert record.warnings == ["the CPU ran out of memory in validation with batches of 6; "
                                "validating 2 × 3 at a time"]
+
+
+def test_memory_running_out_outside_a_step_is_one_sentence_too(tiny_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    record = Record()
+    trainer = Trainer(make_config(tiny_dataset), tmp_path / "run", [record])
+
+    def full(optimizer: Any, args: Any, kwargs: Any) -> None:
+        raise oom()  # the optimizer's first step allocates its state
+
+    class Hook(Callback):
+        def on_fit_start(self, event: Any) -> None:
+            assert trainer.parts is not None and trainer.parts.optimizer is not None
+            trainer.parts.optimizer.register_step_pre_hook(full)
+
+    trainer.callbacks.append(Hook())
+    result = trainer.fit()
+    assert result.outcome is Outcome.FAILED
+    assert result.message.startswith("the CPU ran out of memory in epoch 1: mobilenet_v3_small "
+                                     "at 32 px in fp32 does not fit on cpu; training stopped — "
+                                     "try a smaller image size than 32 px"), result.message
