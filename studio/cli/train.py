@@ -49,7 +49,10 @@ def add_train_parser(commands: Any) -> None:
                         help="layer-wise learning-rate decay: one group per layer, the head at "
                              "the base LR and each layer below it × RATE (0 < RATE ≤ 1, e.g. "
                              "0.75); not with --lr")
-    add_config_flags(train)
+    add_config_flags(train, custom={"batch-size": {
+        "type": _batch_size, "metavar": "N|auto",
+        "help": "Images per step (per process); auto: the largest that fits on the CUDA GPU, "
+                "less a 10 %% margin, found by trial steps before training (default 32)"}})
     finder = train.add_argument_group("learning-rate finder")
     finder.add_argument("--find-lr", action="store_true",
                         help="do not train: sweep the learning rate from 1e-7 to 10 on this "
@@ -64,6 +67,17 @@ def add_train_parser(commands: Any) -> None:
 
 _PATHS = {"data": ("data", "root"), "backbone": ("model", "backbone"),
           "weights": ("model", "weights")}
+AUTO = "auto"
+
+
+def _batch_size(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number of images or auto; got {text!r}")\
+            from None
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -80,6 +94,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     sections = {name: getattr(config, name) for name in ("data", "model", "optim", "train")}
     changes: dict[str, dict[str, Any]] = {name: {} for name in sections}
     given = flag_changes(args)
+    if given["train"].get("batch_size") == AUTO:  # found later, once the config is complete
+        del given["train"]["batch_size"]
     for section in sections:
         changes[section].update(given.get(section, {}))
     for flag, (section, name) in _PATHS.items():  # fields that are names, not settings
@@ -197,6 +213,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise StudioError("no dataset given; pass --data DIR (a folder with one subfolder "
                           "per class), --sample, or --config")
     _fetch_weights(config)
+    if args.batch_size == AUTO:
+        config = _auto_batch_size(config)
+        args.argv = _with_batch_size(args.argv, config.train.batch_size)  # for torchrun's ranks
     if args.find_lr:
         return _find_lr(args, config)
     if wants_launch(args, config.train.processes):
@@ -214,6 +233,31 @@ def _fetch_weights(config: Any) -> None:
     weights = weights_to_download(config.model)
     if weights is not None:
         ensure_pretrained(config.model, DownloadProgress(hub_cache_path(weights).name))
+
+
+def _auto_batch_size(config: Any) -> Any:
+    """The config with the batch size :func:`find_batch_size` finds (the configured one on a
+    machine without a CUDA GPU), said in one line; the run's config.toml records the number."""
+    import dataclasses
+
+    from studio.engine.batch_finder import find_batch_size
+
+    found = find_batch_size(config)
+    print(found.message, file=sys.stderr, flush=True)
+    return config.replace(train=dataclasses.replace(config.train, batch_size=found.batch_size))
+
+
+def _with_batch_size(argv: list[str], batch: int) -> list[str]:
+    """``argv`` with ``--batch-size auto`` (or ``--batch-size=auto``) given as ``batch``."""
+    out = list(argv)
+    for index, token in enumerate(out):
+        flag, sep, value = token.partition("=")
+        if len(flag) > 3 and "--batch-size".startswith(flag):  # argparse takes prefixes
+            if sep and value == AUTO:
+                out[index] = f"{flag}={batch}"
+            elif not sep and index + 1 < len(out) and out[index + 1] == AUTO:
+                out[index + 1] = str(batch)
+    return out
 
 
 def _rerun_config(args: argparse.Namespace) -> Any:

@@ -37,6 +37,7 @@ from studio.engine.events import (
     FitEnded,
     FitStarted,
     StageStarted,
+    WarningIssued,
 )
 
 if TYPE_CHECKING:  # torch loads only when a run is opened: listing and config errors stay fast
@@ -177,6 +178,9 @@ class MetricsWriter(Callback):
 
     def on_epoch_end(self, event: EpochEnded) -> None:
         self._write({k: _nan_to_none(v) for k, v in event.to_json().items()})
+
+    def on_warning(self, event: WarningIssued) -> None:  # e.g. memory ran out: the batch split
+        self._write({"event": "warning", "message": event.message, "time": time.time()})
 
     def on_cache(self, event: CacheReport) -> None:
         if event.state != "building":

@@ -11,7 +11,6 @@ Only the main process (rank 0) writes the run folder and emits events.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -49,6 +48,7 @@ from studio.engine.events import (
 )
 from studio.engine.features import trim_memory
 from studio.engine.logs import log_unexpected
+from studio.engine.memory import MicroBatcher, out_of_memory_sentence
 from studio.engine.metrics import Validation, macro_f1_and_balanced_accuracy
 from studio.engine.mixing import Mixer
 from studio.engine.optim import Schedule, Stepper, current_lrs
@@ -143,6 +143,14 @@ class Trainer:
         except StudioError as error:
             self.told_by_main = isinstance(error, MainRankError)
             return self._end(Outcome.FAILED, str(error))
+        except torch.OutOfMemoryError:  # outside what MicroBatcher redoes: an optimizer step, …
+            log.info("training ran out of memory", exc_info=True)
+            assert self.config is not None
+            return self._end(Outcome.FAILED, out_of_memory_sentence(
+                self.config, self.parts.precision if self.parts else self.config.train.precision,
+                self.placement.device if self.placement else torch.device("cpu"),
+                f"in epoch {self.state.epoch + 1}" if self.parts else "while building the model",
+                self._kept()))
         except OSError as error:  # a disk or a file, while writing metrics or reading images
             log.info("training stopped by an OS error", exc_info=True)
             return self._end(Outcome.FAILED, os_error_sentence(
@@ -167,7 +175,7 @@ class Trainer:
         """Drop the model, optimizer, loaders and feeds: an app session runs many fits, and a
         finished one must not keep its tensors (the checkpoints hold what is needed)."""
         self.parts = None
-        for name in ("feed", "forward", "planner", "stepper", "mixer", "_ddp"):
+        for name in ("feed", "forward", "planner", "stepper", "mixer", "micro", "_ddp"):
             if hasattr(self, name):
                 setattr(self, name, None)
 
@@ -210,6 +218,10 @@ class Trainer:
         self.start_epoch = start
         self.planner = FeedPlanner(parts, lambda report: self._emit("on_cache", report))
         self.mixer = Mixer(cfg.train, len(parts.scan.classes))
+        self.micro = MicroBatcher(  # splits batches when memory runs out: memory.py
+            self.stepper, parts.criterion, parts.autocast, parts.device, cfg, parts.precision,
+            warn=lambda message: self._emit("on_warning", WarningIssued(message)),
+            kept=self._kept, distributed=placement.distributed)
         self.feed: Feed = self.planner.images()
         self.forward: nn.Module = parts.model
         self._ddp: Any = None
@@ -342,13 +354,9 @@ class Trainer:
             images, targets = parts.to_device(images, targets)
             images, goal, labels = self.mixer(images, targets, epoch)
             stepping = step % accumulate == 0 or step == steps
-            no_sync = self._ddp.no_sync() if self._ddp is not None and not stepping \
-                else contextlib.nullcontext()
-            with no_sync:
-                with parts.autocast():
-                    logits = forward(images)
-                    loss = parts.criterion(logits, goal)
-                self.stepper.backward(loss / accumulate)
+            loss, logits = self.micro.train(forward, images, goal, accumulate=accumulate,
+                                            stepping=stepping, ddp=self._ddp, epoch=epoch,
+                                            step=step)
             if stepping:
                 self.stepper.step(trainable, self.state.global_step)
                 self.state.global_step += 1
@@ -409,7 +417,7 @@ class Trainer:
                 if not placement.distributed and stop.is_set():
                     return None
                 images, targets = parts.to_device(images, targets)
-                logits = module(images).float()
+                logits = self.micro.infer(module, images).float()
                 total_loss += F.cross_entropy(logits, targets, reduction="sum")
                 predicted = logits.argmax(1)
                 correct += (predicted == targets).sum()
