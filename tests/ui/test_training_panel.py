@@ -252,3 +252,31 @@ def test_the_tensorboard_box_switches_the_event_files(panel: TrainingPanel, proj
     assert project.config.train.tensorboard is False
     project.update("train", tensorboard=True)
     assert panel.widgets["train.tensorboard"].isChecked()
+
+
+def test_find_batch_size_needs_a_gpu_and_sets_what_it_found(
+        qtbot, panel: TrainingPanel, project: ProjectModel,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import studio.engine.batch_finder as finder
+    from studio.ui.devices import DeviceInfo
+
+    panel._show_device_info(DeviceInfo("CPU", "bf16", cuda=False, mps=False))
+    assert not panel.find_batch_button.isEnabled()
+    assert "needs a CUDA GPU" in panel.find_batch_button.toolTip()
+
+    seen: list[int] = []
+
+    def found(config, scan, *, stop):  # what the engine answers on a GPU
+        seen.append(config.train.batch_size)
+        return finder.BatchSizeFound(88, 98, (), "found", "batch 98 fits on the GPU; using 88")
+
+    monkeypatch.setattr(finder, "find_batch_size", found)
+    panel._show_device_info(DeviceInfo("NVIDIA H200", "bf16", cuda=True, mps=False, gpus=1))
+    assert panel.find_batch_button.isEnabled()
+    panel.find_batch_button.click()
+    qtbot.waitUntil(lambda: project.config.train.batch_size == 88, timeout=10_000)
+    assert seen == [32]  # it searched for the project's config
+    assert panel.widgets["train.batch_size"].value() == 88
+    qtbot.waitUntil(lambda: panel.find_batch_button.text() == "Find")
+    assert panel.batch_hint.text() == "Batch 98 fits on the GPU; using 88."
+    assert not panel.batch_hint.isHidden()

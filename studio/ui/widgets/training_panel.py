@@ -39,6 +39,7 @@ from studio.ui.devices import (
     request_device_info,
 )
 from studio.ui.project import ProjectModel
+from studio.ui.widgets.batch_finder import BatchSizeFinder
 from studio.ui.widgets.form import Field, setting_field, signals_blocked
 from studio.ui.widgets.training_progress import MUTED_COLOR, RunProgress, as_sentence
 
@@ -59,7 +60,7 @@ def _hint(text: str, tooltip: str) -> QLabel:
 # -- the panel --------------------------------------------------------------------------------
 
 
-class TrainingPanel(RunProgress, QWidget):
+class TrainingPanel(RunProgress, BatchSizeFinder, QWidget):
     """Loop settings, run controls, live progress and the outcome of the last run."""
 
     train_requested = Signal()
@@ -121,7 +122,10 @@ class TrainingPanel(RunProgress, QWidget):
 
         self.device_hint = _hint("checking…", "What auto picks on this machine.")
         self.processes_hint = _hint("one process", "How the processes share the work.")
-        below = {"train.device": self.device_hint, "train.processes": self.processes_hint}
+        self._build_batch_finder()
+        self.batch_hint.setStyleSheet(f"color: {MUTED_COLOR};")
+        below = {"train.device": self.device_hint, "train.processes": self.processes_hint,
+                 "train.batch_size": self.batch_hint}
         self._fields: list[Field] = []
         self.widgets: dict[str, QWidget] = {}  # "train.epochs" → its spin box
         for item in all_described():
@@ -130,7 +134,13 @@ class TrainingPanel(RunProgress, QWidget):
             field = setting_field(item)
             self._fields.append(field)
             self.widgets[field.key] = field.widget
-            forms[item.setting.tab].addRow(field.label, field.widget)
+            if field.key == "train.batch_size":  # the spin box, then Find
+                row = QHBoxLayout()
+                row.addWidget(field.widget, 1)
+                row.addWidget(self.find_batch_button)
+                forms[item.setting.tab].addRow(field.label, row)
+            else:
+                forms[item.setting.tab].addRow(field.label, field.widget)
             if field.key in below:
                 forms[item.setting.tab].addRow("", below[field.key])
             field.edited.connect(partial(self._on_field_edited, field))
@@ -203,6 +213,7 @@ class TrainingPanel(RunProgress, QWidget):
         self.widgets["optim.warmup_epochs"].setEnabled(config.optim.schedule != "onecycle")
         self.processes_hint.setText(processes_hint(config.train.processes, config.train.device,
                                                    self._device_info))
+        self._show_finder_device()
 
     @Slot(object)
     def _on_project_config_changed(self, config: RunConfig) -> None:
