@@ -335,8 +335,35 @@ def check_stop(setup: Setup) -> str:
             f"after {len(listen.batches)} batch event(s)")
 
 
+OOM_CAP_GIB = 4  # the memory cap under which resnet50's batch of 256 at 224 px cannot fit
+
+
 def check_oom(setup: Setup) -> str:
-    raise Skip("OOM recovery not built yet")
+    """A real CUDA out-of-memory: resnet50, batch 256 at 224 px, under a 4 GiB allocator cap
+    (``set_per_process_memory_fraction``); the run must halve its pieces and finish the epoch."""
+    if not setup.cuda:
+        raise Skip("a real out-of-memory needs CUDA (tests/engine/test_oom.py injects one on "
+                   "the CPU)")
+    gc.collect()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, OOM_CAP_GIB * 2**30 / total))
+    try:
+        config = config_for(setup, backbone="resnet50", size=setup.throughput_size,
+                            data=setup.throughput_data, epochs=1, batch_size=256)
+        _, listen = fit(setup, "oom", config)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        gc.collect()
+        torch.cuda.empty_cache()
+    said = [w for w in listen.warnings if "out of memory" in w]
+    if not said:
+        raise Failed(f"resnet50's batch of 256 under a {OOM_CAP_GIB} GiB cap did not run out "
+                     f"of memory (no warning came)")
+    if not listen.epochs:
+        raise Failed("the epoch did not finish after the out-of-memory")
+    return (f"{len(said)} halving(s) under a {OOM_CAP_GIB} GiB cap; last: {said[-1]}; epoch "
+            f"1 done, loss {listen.epochs[-1].train_loss:.3f}")
 
 
 def check_memory(setup: Setup) -> str:
