@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from studio.cli.common import EXIT_ERROR, EXIT_OK, duration
 from studio.cli.launch import add_scale_out_arguments
 from studio.engine.config import MONITORS
-from studio.engine.events import Callback
+from studio.engine.events import Callback, weights_label
 
 
 def add_train_parser(commands: Any) -> None:
@@ -79,6 +79,13 @@ def add_train_parser(commands: Any) -> None:
                       help="with both on: the chance a batch gets CutMix (default 0.5)")
     loop.add_argument("--mix-until", type=int, metavar="EPOCH",
                       help="last epoch that mixes (default 0: every epoch)")
+    loop.add_argument("--ema", type=float, metavar="DECAY",
+                      help="keep a moving average of the weights with this decay, e.g. 0.999 "
+                           "(0: off); it is validated beside them each epoch, and the better "
+                           "of the two is what best.pt holds")
+    loop.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                      help="with --ema: start with a low decay, min(DECAY, (1+t)/(10+t)) at "
+                           "update t, so a short run averages recent steps (default on)")
     loop.add_argument("--monitor", choices=list(MONITORS),
                       help="what picks the best checkpoint and drives early stopping "
                            "(default val_acc; macro_f1 or balanced_acc for imbalanced classes)")
@@ -126,6 +133,7 @@ _OVERRIDES = {
     "mixup": ("train", "mixup"), "cutmix": ("train", "cutmix"),
     "mix_prob": ("train", "mix_prob"), "mix_switch": ("train", "mix_switch"),
     "mix_until": ("train", "mix_until"),
+    "ema": ("train", "ema"), "ema_warmup": ("train", "ema_warmup"),
     "device": ("train", "device"),
     "precision": ("train", "precision"), "seed": ("train", "seed"),
     "workers": ("train", "workers"), "feature_cache": ("train", "feature_cache"),
@@ -425,9 +433,14 @@ class TerminalProgress(Callback):
 
     def on_epoch_end(self, event: Any) -> None:
         best = "  *best*" if event.is_best else ""
+        ema = ""
+        if event.weights:  # model EMA: its figures, and which weights the epoch keeps
+            ema = (f" | EMA val loss {event.ema_val_loss:.4f} acc "
+                   f"{100 * event.ema_val_acc:.1f}%")
+            best += f" ({weights_label(event.weights)})" if event.is_best else ""
         self._line(f"epoch {event.epoch}/{self.epochs}: train loss {event.train_loss:.4f} "
                    f"acc {100 * event.train_acc:.1f}% | val loss {event.val_loss:.4f} "
-                   f"acc {100 * event.val_acc:.1f}% | {event.seconds:.1f}s "
+                   f"acc {100 * event.val_acc:.1f}%{ema} | {event.seconds:.1f}s "
                    f"{event.images_per_second:.0f} img/s{best}")
 
     def on_warning(self, event: Any) -> None:
@@ -442,6 +455,8 @@ class TerminalProgress(Callback):
         best = ""
         if event.best_metric is not None:
             best = f"; best {event.monitor} {event.best_metric:.4f} at epoch {event.best_epoch}"
+            if getattr(event, "best_weights", ""):
+                best += f" ({weights_label(event.best_weights)})"
         prefix = "error: " if event.outcome.value == "failed" else ""
         where = f", run folder {event.run_dir}" if os.path.isdir(event.run_dir) else ""
         self._line(f"{prefix}{event.message}{best} ({duration(event.seconds)}{where})")

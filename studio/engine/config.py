@@ -217,6 +217,13 @@ class TrainConfig:
     mix_prob: float = 1.0
     mix_switch: float = 0.5
     mix_until: int = 0
+    # Model EMA (engine/ema.py): an exponential moving average of the weights, updated after
+    # every optimizer step with this decay (0 = off; e.g. 0.999), validated beside the raw
+    # weights each epoch; the better of the two is what best.pt holds. With ema_warmup the
+    # decay of update t (0-based) is min(ema, (1 + t) / (10 + t)), so a short run's average
+    # is not stuck at the starting weights.
+    ema: float = 0.0
+    ema_warmup: bool = True
 
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 100_000,
@@ -244,6 +251,10 @@ class TrainConfig:
         _finite("mix_switch", self.mix_switch, 0.0, 1.0)
         _require(self.mix_until >= 0, f"mix_until must be 0 (every epoch) or an epoch; got "
                                       f"{self.mix_until}")
+        _finite("ema", self.ema)
+        _require(self.ema == 0 or 0.5 <= self.ema < 1,
+                 f"ema must be 0 (off) or a decay from 0.5 up to but not including 1, such as "
+                 f"0.999; got {self.ema}")
 
 
 @dataclass(frozen=True, slots=True)

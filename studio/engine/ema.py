@@ -1,0 +1,129 @@
+"""Model EMA: an exponential moving average of a model's weights, kept beside the trained ones.
+
+After every optimizer step :meth:`ModelEma.update` moves each averaged tensor towards the
+model's: ``ema = decay · ema + (1 − decay) · weights``, for parameters and buffers alike
+(``AveragedModel(use_buffers=True)``), so BatchNorm statistics are averaged too; integer
+buffers (``num_batches_tracked``) follow the model. The average starts at the model's weights
+when training starts. With warm-up, update ``t`` (0-based) uses ``min(decay, (1 + t) / (10 + t))``
+(TensorFlow's ``ExponentialMovingAverage(num_updates=…)``): 0.1 at first, 0.5 after 8 updates,
+0.99 after 890, so a short fine-tuning run averages its recent steps rather than its start.
+
+The trainer validates both sets of weights each epoch; :func:`better_weights` says which of the
+two the monitor prefers, and that one is what the epoch's checkpoint offers evaluate and export
+(``"weights": "ema"`` names it; :func:`studio.engine.checkpoint.evaluated_state` reads it).
+The average is of the plain model (never a DDP wrapper), so every process of a distributed run
+updates it identically; a module that shares the model's layers (the trainable suffix of a
+feature-cached split) is mirrored onto the average by :meth:`ModelEma.view`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from studio.engine.metrics import Validation
+
+WEIGHTS = ("raw", "ema")  # what a checkpoint's "weights" entry may name
+
+
+class ModelEma:
+    """The moving average of ``model``'s parameters and buffers, on the model's device."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
+        self.decay = decay
+        self.warmup = warmup
+        self.updates = 0  # optimizer steps averaged in (a Python int: no device sync per step)
+        self._weight = 0.0  # 1 − the decay of the update in progress
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
+        self.averaged.update_parameters(model)  # the first call copies: the average starts here
+        self.averaged.requires_grad_(False)
+        self.averaged.eval()
+        self._view: tuple[nn.Module, nn.Module] | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged model, with the model's own keys and structure."""
+        return self.averaged.module
+
+    def decay_at(self, update: int) -> float:
+        """The decay of the ``update``-th update (0-based)."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + update) / (10 + update))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Average ``model``'s current weights in (after an optimizer step)."""
+        self._weight = 1.0 - self.decay_at(self.updates)
+        self.averaged.update_parameters(model)
+        self.updates += 1
+
+    def _average(self, averaged: list[Tensor], current: list[Tensor], _: Any) -> None:
+        """AveragedModel's ``multi_avg_fn``: one group of tensors of one device and dtype."""
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            torch._foreach_lerp_(averaged, current, self._weight)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) are counts, not weights
+            torch._foreach_copy_(averaged, current)
+
+    def view(self, module: nn.Module, model: nn.Module) -> nn.Module:
+        """``module`` (``model`` itself, or a module sharing its layers, like the trainable
+        suffix of a split model) with the averaged layers in place of ``model``'s."""
+        if module is model:
+            return self.module
+        if self._view is not None and self._view[0] is module:
+            return self._view[1]
+        memo: dict[int, Any] = {id(model): self.module}
+        for (_, mine), (_, theirs) in zip(model.named_modules(), self.module.named_modules(),
+                                          strict=True):
+            memo[id(mine)] = theirs
+        for (_, mine), (_, theirs) in zip(model.named_parameters(),
+                                          self.module.named_parameters(), strict=True):
+            memo[id(mine)] = theirs
+        for (_, mine), (_, theirs) in zip(model.named_buffers(), self.module.named_buffers(),
+                                          strict=True):
+            memo[id(mine)] = theirs
+        mirrored = copy.deepcopy(module, memo).eval()
+        self._view = (module, mirrored)
+        return mirrored
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged model's state under the model's own keys (no ``module.`` prefix, no
+        ``n_averaged``), and where the average is."""
+        return {"model": self.module.state_dict(), "updates": self.updates,
+                "decay": self.decay, "warmup": self.warmup}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.module.load_state_dict(saved["model"])
+        self.updates = int(saved["updates"])
+        self.averaged.n_averaged.fill_(self.updates + 1)
+
+
+def better_weights(monitor: str, raw: Validation, ema: Validation | None
+                   ) -> tuple[str, Validation]:
+    """Which weights the monitor prefers ("raw" or "ema") and their figures. The EMA must be
+    strictly better (a tie keeps the trained weights), and finite; with no validation images
+    there is nothing to compare, and the trained weights stay."""
+    if ema is None or not raw.images or not ema.images:
+        return "raw", raw
+    mine, theirs = getattr(raw, monitor), getattr(ema, monitor)
+    if not math.isfinite(theirs):
+        return "raw", raw
+    if not math.isfinite(mine):
+        return "ema", ema
+    better = theirs < mine if monitor == "val_loss" else theirs > mine
+    return ("ema", ema) if better else ("raw", raw)
+
+
+def ema_figures(validated: Validation | None) -> dict[str, float]:
+    """The EMA's figures as :class:`EpochEnded` fields (none without EMA)."""
+    if validated is None:
+        return {}
+    return {"ema_val_loss": validated.val_loss, "ema_val_acc": validated.val_acc,
+            "ema_macro_f1": validated.macro_f1, "ema_balanced_acc": validated.balanced_acc}
