@@ -32,6 +32,7 @@ from studio.engine.config import (
 from studio.engine.ema import ModelEma, better_weights
 from studio.engine.evaluate import evaluate_run
 from studio.engine.events import Callback, EpochEnded, Outcome
+from studio.engine.history import summarize_run
 from studio.engine.metrics import Validation
 from studio.engine.runs import open_run, read_metrics
 from studio.engine.trainer import Trainer
@@ -233,6 +234,8 @@ def test_every_epoch_line_carries_the_ema_figures_and_which_weights_won(ema_run:
         assert line["weights"] in ("raw", "ema")
     end = [r for r in read_metrics(ema_run) if r["event"] == "fit_end"][-1]
     assert end["best_weights"] == load_checkpoint(ema_run / "checkpoints" / "best.pt")["weights"]
+    summary = summarize_run(ema_run)  # what `studio runs` and the Runs page show
+    assert summary is not None and summary.best_weights == end["best_weights"]
     plain = EpochEnded(1, 0.1, 0.5, 0.2, 0.6, {}, 1.0, 10.0, True).to_json()
     assert not set(plain) & {"weights", *EMA_FIGURES}  # a run without EMA: lines as before
 
