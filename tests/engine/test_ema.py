@@ -27,6 +27,7 @@ from studio.engine.config import (
     ModelConfig,
     OptimConfig,
     RunConfig,
+    StageSpec,
     TrainConfig,
 )
 from studio.engine.ema import ModelEma, better_weights
@@ -55,14 +56,14 @@ def _one_thread() -> Iterator[None]:
 
 def tiny_config(data: Path, *, epochs: int = 2, augment: str = "light",
                 freeze: FreezeSpec | None = None, backbone: str = "mobilenet_v3_small",
-                **train: Any) -> RunConfig:
+                stages: tuple[StageSpec, ...] = (), **train: Any) -> RunConfig:
     settings: dict[str, Any] = {"epochs": epochs, "batch_size": 8, "workers": 0,
                                 "precision": "fp32", "device": "cpu", "deterministic": True,
                                 "tensorboard": False, "ema": 0.9, "ema_warmup": False}
     settings.update(train)
     return RunConfig(data=DataConfig(root=str(data), image_size=32, augment=augment),
                      model=ModelConfig(backbone=backbone, weights="none"),
-                     freeze=freeze or FreezeSpec(), optim=OptimConfig(lr=3e-3),
+                     freeze=freeze or FreezeSpec(), stages=stages, optim=OptimConfig(lr=3e-3),
                      train=TrainConfig(**settings))
 
 
@@ -124,6 +125,32 @@ def test_warm_up_starts_low_and_rises_to_the_decay() -> None:
                     for k, p in model.named_parameters()}
     for key, averaged in ema.module.named_parameters():
         torch.testing.assert_close(averaged, expected[key], rtol=1e-6, atol=1e-7)
+
+
+def test_tensors_that_never_trained_are_skipped_and_ones_that_did_keep_converging() -> None:
+    model = small_model()
+    first = model[0]
+    first.requires_grad_(False)  # a frozen first layer: its average is its copy
+    ema = ModelEma(model, decay=0.5, warmup=False)
+    train_once(model)
+    ema.update(model)
+    before = first.weight.detach().clone()
+    with torch.no_grad():
+        first.weight.add_(1.0)  # moved behind the average's back: a skipped tensor stays put
+    ema.update(model)
+    assert torch.equal(ema.module[0].weight, before)
+    assert "0.weight" not in ema.state_dict()["live"] and "3.weight" in ema.state_dict()["live"]
+
+    first.requires_grad_(True)  # a stage unfreezes it: from now on it is averaged…
+    ema.update(model)
+    torch.testing.assert_close(ema.module[0].weight, first.weight - 0.5)
+    first.requires_grad_(False)  # …even when frozen again, until it reaches its weights
+    ema.update(model)
+    torch.testing.assert_close(ema.module[0].weight, first.weight - 0.25)
+    again = ModelEma(small_model(seed=1), decay=0.5, warmup=False)
+    again.load_state_dict(ema.state_dict())
+    again.update(model)
+    torch.testing.assert_close(again.module[0].weight, first.weight - 0.125)
 
 
 def test_the_state_has_the_models_own_keys_and_loads_back_exactly() -> None:
@@ -209,15 +236,19 @@ def test_the_best_epoch_is_the_one_whose_ema_scored_highest(tmp_path: Path) -> N
 # -- runs -----------------------------------------------------------------------------------
 
 
+# Epoch 1 trains every layer; epoch 2 freezes the features, whose average must keep converging
+STAGES = (StageSpec(epoch=2, freeze=FreezeSpec(freeze=("features",))),)
+
+
 @pytest.fixture(scope="module")
 def ema_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An unbroken 2-epoch EMA run (decay 0.9, no warm-up); read-only."""
+    """An unbroken 2-epoch EMA run (decay 0.9, no warm-up, :data:`STAGES`); read-only."""
     run = tmp_path_factory.mktemp("ema") / "run"
     threads = torch.get_num_threads()
     enabled = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     try:
-        result = Trainer(tiny_config(tiny_dataset), run).fit()
+        result = Trainer(tiny_config(tiny_dataset, stages=STAGES), run).fit()
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(enabled)
@@ -292,7 +323,8 @@ class StopAfterEpoch(Callback):
 def test_a_run_stopped_after_epoch_1_resumes_to_the_same_average_as_an_unbroken_run(
         ema_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     stop = threading.Event()
-    trainer = Trainer(tiny_config(tiny_dataset), tmp_path / "run", [StopAfterEpoch(stop, 1)])
+    trainer = Trainer(tiny_config(tiny_dataset, stages=STAGES), tmp_path / "run",
+                      [StopAfterEpoch(stop, 1)])
     assert trainer.fit(stop).outcome is Outcome.CANCELLED
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["ema"]["updates"] == 3
 
@@ -302,6 +334,7 @@ def test_a_run_stopped_after_epoch_1_resumes_to_the_same_average_as_an_unbroken_
     resumed = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["ema"]
     unbroken = load_checkpoint(ema_run / "checkpoints" / "last.pt")["ema"]
     assert resumed["updates"] == unbroken["updates"]
+    assert "features.0.0.weight" in resumed["live"]  # frozen in epoch 2, averaged all along
     assert all(torch.equal(resumed["model"][k], v) for k, v in unbroken["model"].items())
     figures = [{k: line[k] for k in EMA_FIGURES} for line in epoch_lines(tmp_path / "run")]
     assert figures == [{k: line[k] for k in EMA_FIGURES} for line in epoch_lines(ema_run)]
