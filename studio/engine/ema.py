@@ -33,8 +33,6 @@ from torch.optim.swa_utils import AveragedModel
 
 from studio.engine.metrics import Validation
 
-WEIGHTS = ("raw", "ema")  # what a checkpoint's "weights" entry may name
-
 
 class ModelEma:
     """The moving average of ``model``'s parameters and buffers, on the model's device."""
