@@ -43,6 +43,7 @@ def format_runs(runs: list[Any]) -> str:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)) \
             if run.started else "-"
         best = (f"{run.monitor} {run.best_metric:.4f} @{run.best_epoch}"
+                f"{' (EMA)' if getattr(run, 'best_weights', '') == 'ema' else ''}"
                 if run.best_metric is not None else "-")
         rows.append((run.name, run.status, started, run.backbone, run.freeze,
                      f"{run.epochs}/{run.planned}", best, duration(run.seconds),

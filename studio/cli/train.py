@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from studio.cli.common import EXIT_ERROR, EXIT_OK, duration
 from studio.cli.flags import add_config_flags, flag_changes, flag_for
 from studio.cli.launch import add_scale_out_arguments
-from studio.engine.events import Callback
+from studio.engine.events import Callback, weights_label
 
 
 def add_train_parser(commands: Any) -> None:
@@ -398,9 +398,14 @@ class TerminalProgress(Callback):
 
     def on_epoch_end(self, event: Any) -> None:
         best = "  *best*" if event.is_best else ""
+        ema = ""
+        if event.weights:  # model EMA: its figures, and which weights the epoch keeps
+            ema = (f" | EMA val loss {event.ema_val_loss:.4f} acc "
+                   f"{100 * event.ema_val_acc:.1f}%")
+            best += f" ({weights_label(event.weights)})" if event.is_best else ""
         self._line(f"epoch {event.epoch}/{self.epochs}: train loss {event.train_loss:.4f} "
                    f"acc {100 * event.train_acc:.1f}% | val loss {event.val_loss:.4f} "
-                   f"acc {100 * event.val_acc:.1f}% | {event.seconds:.1f}s "
+                   f"acc {100 * event.val_acc:.1f}%{ema} | {event.seconds:.1f}s "
                    f"{event.images_per_second:.0f} img/s{best}")
 
     def on_warning(self, event: Any) -> None:
@@ -415,6 +420,8 @@ class TerminalProgress(Callback):
         best = ""
         if event.best_metric is not None:
             best = f"; best {event.monitor} {event.best_metric:.4f} at epoch {event.best_epoch}"
+            if getattr(event, "best_weights", ""):
+                best += f" ({weights_label(event.best_weights)})"
         prefix = "error: " if event.outcome.value == "failed" else ""
         where = f", run folder {event.run_dir}" if os.path.isdir(event.run_dir) else ""
         self._line(f"{prefix}{event.message}{best} ({duration(event.seconds)}{where})")

@@ -27,6 +27,7 @@ from studio.engine.errors import DiskError, StudioError, explain_os_error
 from studio.engine.events import CheckpointSaved
 
 if TYPE_CHECKING:
+    from studio.engine.ema import ModelEma
     from studio.engine.parts import Parts
     from studio.engine.runs import RunPaths
 
@@ -292,32 +293,43 @@ class FitState:
     best_epoch: int | None = None
     best_metric: float | None = None
     bad_epochs: int = 0
+    best_weights: str = "raw"  # with model EMA: which weights won the best epoch
 
-    def track(self, epoch: int, value: float | None, higher: bool) -> bool:
-        """Count ``epoch``'s monitored value; True when it is the best so far. None (no
-        validation images) makes the latest epoch the best; a non-finite value never is."""
+    def track(self, epoch: int, value: float | None, higher: bool,
+              weights: str = "raw") -> bool:
+        """Count ``epoch``'s monitored value (that of ``weights``); True when it is the best
+        so far. None (no validation images) makes the latest epoch the best; a non-finite
+        value never is."""
         if value is None:
-            self.best_epoch, self.best_metric = epoch, None
+            self.best_epoch, self.best_metric, self.best_weights = epoch, None, weights
             return True
         best = self.best_metric
         better = math.isfinite(value) and (
             best is None or (value > best if higher else value < best))
         if better:
             self.best_epoch, self.best_metric, self.bad_epochs = epoch, value, 0
+            self.best_weights = weights
         else:
             self.bad_epochs += 1
         return better
 
 
 def run_checkpoint(parts: Parts, state: FitState, scaler: Any, epoch: int,
-                   rngs: list[dict[str, Any]]) -> dict[str, Any]:
+                   rngs: list[dict[str, Any]], ema: ModelEma | None = None,
+                   weights: str = "raw") -> dict[str, Any]:
     """Everything needed to continue exactly, with any number of processes: the plain
     model's state (no DDP ``module.`` prefix), the optimizer state by parameter name, the
-    schedule position, every rank's RNG state, and what is needed to rebuild the model."""
+    schedule position, every rank's RNG state, and what is needed to rebuild the model.
+
+    With model EMA, ``"ema"`` holds the average (under the model's own keys) and where it is,
+    and ``"weights"`` names the set evaluate and export use (this epoch's better one); the
+    trained weights stay under ``"model"``, which is what a resume continues."""
     cfg, optimizer = parts.config, parts.optimizer
     assert optimizer is not None
     return {
         "model": parts.model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "weights": weights if ema is not None else "raw",
         "optimizer": optimizer_state_by_name(optimizer),
         "scheduler": {"schedule": cfg.optim.schedule, "global_step": state.global_step},
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -331,7 +343,7 @@ def run_checkpoint(parts: Parts, state: FitState, scaler: Any, epoch: int,
                     "lr": g["studio_base_lr"], "weight_decay": g["weight_decay"]}
                    for g in optimizer.param_groups],
         "best": {"epoch": state.best_epoch, "metric": state.best_metric,
-                 "bad_epochs": state.bad_epochs},
+                 "bad_epochs": state.bad_epochs, "weights": state.best_weights},
         "labels": list(parts.scan.classes),
         "backbone": parts.built.backbone,
         "head": parts.built.head,
@@ -340,9 +352,19 @@ def run_checkpoint(parts: Parts, state: FitState, scaler: Any, epoch: int,
     }
 
 
+def evaluated_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model state a checkpoint offers evaluate and export: the EMA weights where its
+    ``"weights"`` entry says they did better, else the trained ones."""
+    ema = payload.get("ema")
+    if payload.get("weights") == "ema" and isinstance(ema, dict) and "model" in ema:
+        return ema["model"]
+    return payload["model"]
+
+
 def restore_run(parts: Parts, state: FitState, scaler: Any, checkpoint: dict[str, Any],
-                path: Path) -> None:
-    """Put a :func:`run_checkpoint` back into freshly built parts."""
+                path: Path, ema: ModelEma | None = None) -> None:
+    """Put a :func:`run_checkpoint` back into freshly built parts (and ``ema``: a
+    checkpoint without an average starts it from the restored weights)."""
     placement = parts.placement
     assert parts.optimizer is not None
     if checkpoint.get("backbone") != parts.built.backbone:
@@ -354,6 +376,16 @@ def restore_run(parts: Parts, state: FitState, scaler: Any, checkpoint: dict[str
         raise StudioError(f"{path} does not fit this model "
                           f"({str(error).splitlines()[0]})") from error
     restore_optimizer_state(parts.optimizer, checkpoint["optimizer"])
+    if ema is not None:
+        saved = checkpoint.get("ema")
+        try:
+            if saved:
+                ema.load_state_dict(saved)
+            else:
+                ema.module.load_state_dict(parts.model.state_dict())
+        except (RuntimeError, KeyError) as error:
+            raise StudioError(f"{path} holds an EMA average that does not fit this model "
+                              f"({str(error).splitlines()[0]})") from error
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
     best = checkpoint.get("best", {})
@@ -362,6 +394,7 @@ def restore_run(parts: Parts, state: FitState, scaler: Any, checkpoint: dict[str
     state.best_epoch = best.get("epoch")
     state.best_metric = best.get("metric")
     state.bad_epochs = int(best.get("bad_epochs", 0))
+    state.best_weights = str(best.get("weights") or "raw")
     ranks = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
     if len(ranks) == placement.world_size:
         restore_rng(ranks[placement.rank])

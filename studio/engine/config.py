@@ -233,6 +233,18 @@ class TrainConfig:
         0, "Mix until", "The last epoch that mixes; plain images after it (0: every epoch).",
         low=0, high=100_000, off="every epoch", metavar="EPOCH",
         tab="Recipe")
+    # Model EMA (engine/ema.py): an exponential moving average of the weights, updated after
+    # every optimizer step, validated beside the raw weights each epoch; the better of the two
+    # is what best.pt holds. With ema_warmup the decay of update t (0-based) is
+    # min(ema, (1 + t) / (10 + t)), so a short run's average is not stuck at the start.
+    ema: float = setting(
+        0.0, "Model EMA", "Keep a moving average of the weights with this decay, e.g. 0.999 "
+        "(0: off); it is validated beside them each epoch, and the better of the two is what "
+        "best.pt holds.", low=0.0, high=0.99999, step=0.001, decimals=5, off="off",
+        metavar="DECAY", tab="Recipe")
+    ema_warmup: bool = setting(
+        True, "EMA warm-up", "With EMA: start with a low decay, min(DECAY, (1+t)/(10+t)) at "
+        "update t, so a short run averages its recent steps.", tab="Recipe")
     monitor: str = setting(
         "val_acc", "Monitor", "What picks the best checkpoint and drives early stopping; "
         "macro F1 or balanced accuracy suit imbalanced classes.",
@@ -296,6 +308,9 @@ class TrainConfig:
         tab="Speed & records")
 
     def __post_init__(self) -> None:
+        _require(math.isnan(self.ema) or self.ema == 0 or 0.5 <= self.ema < 1,  # nan: check
+                 f"ema must be 0 (off) or a decay from 0.5 up to but not including 1, such as "
+                 f"0.999; got {self.ema}")
         check(self)
 
 

@@ -75,10 +75,22 @@ class EpochEnded:
     val_images: int = 0  # validation images counted (over every process, each once)
     macro_f1: float = float("nan")  # over the classes with validation images
     balanced_acc: float = float("nan")  # the mean recall over those classes
+    # With model EMA (train.ema): the averaged weights' figures over the same images (NaN when
+    # EMA is off), and which of the two sets the monitor preferred this epoch ("" when off)
+    ema_val_loss: float = float("nan")
+    ema_val_acc: float = float("nan")
+    ema_macro_f1: float = float("nan")
+    ema_balanced_acc: float = float("nan")
+    weights: str = ""  # "raw" or "ema": what this epoch's checkpoint offers evaluate and export
 
     def to_json(self) -> dict[str, Any]:
-        return {"event": "epoch", **{k: v for k, v in asdict(self).items() if k != "is_best"},
+        """The metrics.jsonl line: a run without EMA has no ema_* or weights entries."""
+        skip = {"is_best"} if self.weights else {"is_best", "weights", *_EMA_FIGURES}
+        return {"event": "epoch", **{k: v for k, v in asdict(self).items() if k not in skip},
                 "best": self.is_best}
+
+
+_EMA_FIGURES = ("ema_val_loss", "ema_val_acc", "ema_macro_f1", "ema_balanced_acc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +143,12 @@ class FitEnded:
     monitor: str
     run_dir: str
     seconds: float
+    best_weights: str = ""  # with model EMA: "raw" or "ema", the weights best.pt holds
+
+
+def weights_label(weights: str) -> str:
+    """How a run names a set of weights to a person ("raw" or "ema", as checkpoints do)."""
+    return "EMA weights" if weights == "ema" else "raw weights"
 
 
 class Callback:

@@ -51,6 +51,7 @@ class RunSummary:
     device: str
     size_bytes: int
     message: str = ""  # the run's last word (its fit_end message)
+    best_weights: str = ""  # with model EMA: "raw" or "ema", the weights best.pt holds
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -127,7 +128,12 @@ def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary | None:
         best_epoch = next((e for e in sorted(epochs, reverse=True)
                            if epochs[e].get("best")), None)
         if best_epoch is not None:
-            best_metric = epochs[best_epoch].get(config.train.monitor)
+            line = epochs[best_epoch]
+            averaged = line.get("weights") == "ema"  # with model EMA the average's figure won
+            best_metric = line.get(("ema_" if averaged else "") + config.train.monitor)
+    best_weights = str(ends[-1].get("best_weights") or "") if ends else ""
+    if not best_weights and best_epoch in epochs:
+        best_weights = str(epochs[best_epoch].get("weights") or "")
     started = record["process"]["started"] if record and record.get("process") else None
     if record and record.get("sessions"):
         started = record["sessions"][0].get("started", started)
@@ -144,7 +150,7 @@ def summarize_run(run_dir: str | os.PathLike[str]) -> RunSummary | None:
         freeze=freeze_summary(config), epochs=max(epochs, default=0),
         planned=config.train.epochs, best_metric=best_metric, best_epoch=best_epoch,
         monitor=config.train.monitor, started=started, seconds=seconds, device=str(device),
-        size_bytes=folder_size(paths.root), message=message)
+        size_bytes=folder_size(paths.root), message=message, best_weights=best_weights)
 
 
 def list_runs(roots: Iterable[str | os.PathLike[str]] | str | os.PathLike[str] | None = None

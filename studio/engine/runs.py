@@ -193,6 +193,8 @@ class MetricsWriter(Callback):
                   "message": event.message, "epochs_completed": event.epochs_completed,
                   "best_epoch": event.best_epoch, "best_metric": event.best_metric,
                   "seconds": event.seconds, "time": time.time(), **self.extra_end}
+        if event.best_weights:  # with model EMA: which weights best.pt holds
+            record["best_weights"] = event.best_weights
         try:
             self._write(record)
         except OSError:  # a full disk ended the run: its end is told, the record is lost
@@ -257,14 +259,14 @@ def open_run(run_dir: str | os.PathLike[str], checkpoint: str = "best",
     if not path.is_file():
         raise error(f"{paths.root} has no best checkpoint ({path.name}); use the last "
                     f"one with --checkpoint last")
-    from studio.engine.checkpoint import load_checkpoint
+    from studio.engine.checkpoint import evaluated_state, load_checkpoint
 
     payload = load_checkpoint(path)
     try:
         text = str(payload["config"])
         labels = [str(name) for name in payload["labels"]]
         prep = dict(payload["preprocessing"])
-        state = payload["model"]
+        state = evaluated_state(payload)  # the EMA weights where they did better
     except (KeyError, TypeError, ValueError) as missing:
         raise error(f"checkpoint {path} lacks its {missing} entry; it was not written by "
                     f"this version of Finetune Studio") from missing

@@ -184,14 +184,14 @@ class TensorBoardWriter(Callback):
 
     def _best_model(self, parts: Parts, last_is_best: bool) -> Any:
         """The best checkpoint's model without rebuilding it (a rebuild was most of this
-        step's cost): the trained model itself when the last epoch was the best, else a copy
-        of it with best.pt's weights."""
-        from studio.engine.checkpoint import load_checkpoint
+        step's cost): the trained model itself when the last epoch was the best, else (or
+        with model EMA, whose average best.pt may hold) a copy of it with best.pt's weights."""
+        from studio.engine.checkpoint import evaluated_state, load_checkpoint
 
         model = parts.model
-        if not last_is_best:
+        if not last_is_best or parts.config.train.ema:
             model = copy.deepcopy(model)
-            model.load_state_dict(load_checkpoint(self.paths.best)["model"])
+            model.load_state_dict(evaluated_state(load_checkpoint(self.paths.best)))
         return _BestRun(model, parts.built.preprocessing, list(parts.scan.classes))
 
     # -- never in the way -----------------------------------------------------------------

@@ -34,6 +34,7 @@ from studio.engine.checkpoint import (
 )
 from studio.engine.config import RunConfig
 from studio.engine.data import DatasetScan
+from studio.engine.ema import ModelEma, better_weights, ema_figures
 from studio.engine.errors import DiskError, StudioError, explain_os_error, os_error_sentence
 from studio.engine.events import (
     BatchEnded,
@@ -91,6 +92,8 @@ class Trainer:
         self.state = FitState()
         self.parts: Parts | None = None
         self.writer: CheckpointWriter | None = None  # rank 0's, from setup on
+        self.ema: ModelEma | None = None  # the weights' moving average, with train.ema
+        self._weights = "raw"  # which of raw and EMA did better in the latest epoch
         self._ends: dict[str, Any] = {}  # facts for the fit_end record (replicas)
         self.command = command  # what run.json says started the run: a command line, or "app"
         self.rerun_of = rerun_of
@@ -175,7 +178,7 @@ class Trainer:
         """Drop the model, optimizer, loaders and feeds: an app session runs many fits, and a
         finished one must not keep its tensors (the checkpoints hold what is needed)."""
         self.parts = None
-        for name in ("feed", "forward", "planner", "stepper", "mixer", "micro", "_ddp"):
+        for name in ("feed", "forward", "planner", "stepper", "mixer", "micro", "_ddp", "ema"):
             if hasattr(self, name):
                 setattr(self, name, None)
 
@@ -200,6 +203,8 @@ class Trainer:
         placement.broadcast_module(parts.model)  # every rank starts from rank 0's weights
         if placement.rank:  # …and draws its own augmentations
             seed_everything(cfg.train.seed + placement.rank, cfg.train.deterministic)
+        if cfg.train.ema:  # of the plain model, so every rank averages the same weights
+            self.ema = ModelEma(parts.model, cfg.train.ema, cfg.train.ema_warmup)
         if self.resume:
             placement.on_main(lambda: check_labels(self.paths, parts.scan.classes))
         steps = len(parts.train_loader)
@@ -293,9 +298,11 @@ class Trainer:
                 return self._cancelled(epoch)
             train_loss, train_acc, images, busy = trained
             validated = self._validate(stop)
-            if validated is None:
+            averaged = None if self.ema is None or validated is None else \
+                self._validate(stop, self.ema.view(self.feed.module, parts.model))
+            if validated is None or (self.ema is not None and averaged is None):
                 return self._cancelled(epoch)
-            is_best = self._track_best(epoch, validated)
+            is_best = self._track_best(epoch, validated, averaged)
             self.state.epoch = epoch
             self._emit("on_epoch_end", EpochEnded(
                 epoch=epoch, train_loss=train_loss, train_acc=train_acc,
@@ -303,7 +310,8 @@ class Trainer:
                 lr=current_lrs(parts.optimizer),  # type: ignore[arg-type]
                 seconds=time.monotonic() - began, val_images=validated.images,
                 images_per_second=images / busy if busy > 0 else 0.0, is_best=is_best,
-                macro_f1=validated.macro_f1, balanced_acc=validated.balanced_acc))
+                macro_f1=validated.macro_f1, balanced_acc=validated.balanced_acc,
+                **ema_figures(averaged), weights=self._weights if self.ema else ""))
             self._save(epoch, is_best)
             patience = cfg.train.early_stopping
             if patience and self.state.bad_epochs >= patience:
@@ -360,6 +368,8 @@ class Trainer:
             if stepping:
                 self.stepper.step(trainable, self.state.global_step)
                 self.state.global_step += 1
+                if self.ema is not None:
+                    self.ema.update(parts.model)
             batch = targets.shape[0]
             loss_sum += loss.detach().float() * batch
             epoch_loss += loss.detach().float() * batch
@@ -394,16 +404,18 @@ class Trainer:
         return (epoch_loss / count).item(), correct.item() / count, count, busy
 
     @torch.no_grad()
-    def _validate(self, stop: threading.Event) -> Validation | None:
+    def _validate(self, stop: threading.Event, module: nn.Module | None = None
+                  ) -> Validation | None:
         """Loss, accuracy, macro F1, balanced accuracy and image count over the whole
-        validation split: each process runs its shard through the plain (unwrapped) module,
-        and the sums (and the confusion matrix) are reduced."""
+        validation split: each process runs its shard through the plain (unwrapped) module
+        (or ``module``, the EMA's counterpart of it), and the sums (and the confusion matrix)
+        are reduced."""
         parts, placement = self.parts, self.placement
         assert parts is not None and placement is not None
         if not parts.scan.splits["val"]:
             return Validation.empty()
         parts.model.eval()
-        module = self.feed.module.eval()
+        module = (module or self.feed.module).eval()
         device = parts.device
         classes = len(parts.scan.classes)
         total_loss = torch.zeros((), device=device)
@@ -431,16 +443,20 @@ class Trainer:
             matrix.cpu().numpy().reshape(classes, classes))
         return Validation(total_loss.item() / count, correct.item() / count, f1, balanced, count)
 
-    def _track_best(self, epoch: int, validated: Validation) -> bool:
+    def _track_best(self, epoch: int, validated: Validation,
+                    averaged: Validation | None = None) -> bool:
+        """Count the epoch's monitored value: with EMA, that of the better of the raw and
+        the averaged weights (``averaged``), which is then what the epoch's checkpoint offers."""
         assert self.config is not None
         monitor = self.config.train.monitor
+        self._weights, validated = better_weights(monitor, validated, averaged)
         value = getattr(validated, monitor)
         if validated.images and not math.isfinite(value):
             self._emit("on_warning", WarningIssued(
                 f"the validation {monitor} of epoch {epoch} is {value}; it does not count as "
                 f"the best epoch"))
         return self.state.track(epoch, value if validated.images else None,
-                                higher=monitor != "val_loss")
+                                higher=monitor != "val_loss", weights=self._weights)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -458,7 +474,8 @@ class Trainer:
 
         def write() -> list[CheckpointSaved]:  # on a thread: the next epoch does not wait
             assert self.writer is not None
-            payload = run_checkpoint(parts, self.state, self.stepper.scaler, epoch, rngs)
+            payload = run_checkpoint(parts, self.state, self.stepper.scaler, epoch, rngs,
+                                     self.ema, self._weights)
             return self.writer.submit(epoch, payload, is_best, unchanging)
 
         self._saved(placement.on_main(write))
@@ -473,7 +490,8 @@ class Trainer:
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         assert self.parts is not None
-        restore_run(self.parts, self.state, self.stepper.scaler, checkpoint, self.paths.last)
+        restore_run(self.parts, self.state, self.stepper.scaler, checkpoint, self.paths.last,
+                    self.ema)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -503,7 +521,9 @@ class Trainer:
         event = FitEnded(outcome=outcome, message=message, epochs_completed=self.state.epoch,
                          best_epoch=self.state.best_epoch, best_metric=self.state.best_metric,
                          monitor=monitor, run_dir=str(self.paths.root),
-                         seconds=time.monotonic() - self._started)
+                         seconds=time.monotonic() - self._started,
+                         best_weights=self.state.best_weights if self.config is not None
+                         and self.config.train.ema else "")
         self._emit("on_fit_end", event)
         return event
 

@@ -50,7 +50,8 @@ def full_config(image_size: int | None = 160) -> RunConfig:
                           seed=1234, deterministic=True, feature_cache="off",
                           cache_views=2, image_cache="off", compile=True, processes=4,
                           sync_bn=True, tensorboard=False, mixup=0.2, cutmix=1.0,
-                          mix_prob=0.5, mix_switch=0.3, mix_until=5),
+                          mix_prob=0.5, mix_switch=0.3, mix_until=5, ema=0.999,
+                          ema_warmup=False),
     )
 
 

@@ -43,11 +43,14 @@ def model_card(run: _Run, report: ExportReport) -> str:
     lines += ["", "## Training", ""]
     metrics = _best_epoch_metrics(run)
     if best.get("metric") is not None:
+        which = " (the EMA weights)" if best.get("weights") == "ema" else ""
         lines.append(f"- Best epoch {best.get('epoch')}: {cfg.train.monitor} "
-                     f"{best['metric']:.4f}")
+                     f"{best['metric']:.4f}{which}")
     if metrics:
-        shown = [f"{key} {metrics[key]:.4f}" for key in ("train_loss", "train_acc", "val_loss",
-                                                          "val_acc")
+        keys = ["train_loss", "train_acc", "val_loss", "val_acc"]
+        if best.get("weights") == "ema":  # the exported weights' own figures
+            keys += ["ema_val_loss", "ema_val_acc"]
+        shown = [f"{key} {metrics[key]:.4f}" for key in keys
                  if isinstance(metrics.get(key), int | float)]
         lines.append(f"- At that epoch: {', '.join(shown)}")
     if report.images_checked:
