@@ -165,6 +165,14 @@ def test_completed_run_shows_best_accuracy_and_a_folder_link(panel, tmp_path: Pa
     assert [url.toLocalFile() for url in opened] == [str(tmp_path.resolve())]
 
 
+def test_a_run_whose_ema_weights_were_best_says_so(panel: TrainingPanel, tmp_path: Path) -> None:
+    import dataclasses
+
+    ended = fit_ended(Outcome.COMPLETED, "completed 2 epochs", str(tmp_path))
+    panel.on_fit_ended(dataclasses.replace(ended, best_weights="ema"))
+    assert "87.3 %</b> (epoch 2, EMA weights)" in panel.best_label.text()
+
+
 def test_failed_run_shows_the_reason(panel: TrainingPanel, tmp_path: Path) -> None:
     message = "the dataset folder /data/cats does not exist; choose another folder"
     panel.on_fit_ended(fit_ended(Outcome.FAILED, message, str(tmp_path / "gone"), done=0))

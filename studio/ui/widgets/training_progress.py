@@ -13,7 +13,15 @@ from PySide6.QtCore import Qt, QUrl, Slot
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QProgressBar, QStyle, QVBoxLayout
 
-from studio.engine.events import BatchEnded, CacheReport, EpochEnded, FitEnded, FitStarted, Outcome
+from studio.engine.events import (
+    BatchEnded,
+    CacheReport,
+    EpochEnded,
+    FitEnded,
+    FitStarted,
+    Outcome,
+    weights_label,
+)
 from studio.format import format_duration
 from studio.ui.text import plural
 
@@ -189,11 +197,13 @@ class RunProgress:
         self.result_icon.setToolTip(event.outcome.value.replace("_", " "))
         self.result_label.setText(summary)
 
-        best = self._best_val_acc
+        best, which = self._best_val_acc, ""
         if event.monitor == "val_acc" and event.best_metric is not None and event.best_epoch:
             best = (event.best_metric, event.best_epoch)
+            if event.best_weights == "ema":  # best.pt holds the moving average
+                which = f", {weights_label(event.best_weights)}"
         self.best_label.setText(f"Best val accuracy: <b>{best[0] * 100:.1f} %</b> (epoch "
-                                f"{best[1]})" if best else "")
+                                f"{best[1]}{which})" if best else "")
         self.best_label.setVisible(best is not None)
 
         run_dir = event.run_dir or self._run_dir
