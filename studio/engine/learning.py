@@ -5,9 +5,14 @@ A :class:`LearningProbe` watches the :class:`~studio.engine.optim.Stepper` and s
 at most every :data:`SAMPLE_INTERVAL` seconds: just before ``optimizer.step()`` it takes the
 gradients' norms (unscaled under fp16, before clipping) and a copy of the parameters, just after
 it the norms of the differences, and then it makes one host sync for all of them. Steps in
-between cost one clock read. Gradients are the ones the optimizer uses, so under
-DistributedDataParallel they are the all-reduced ones; only rank 0 has callbacks, so only rank 0
-samples.
+between cost one clock read. The probe times itself and waits longer between samples when a
+sample costs more than :data:`OVERHEAD_BUDGET` of the time between them (a big model on a CPU),
+so the view never costs more than a few per cent of training. A sampled step holds one extra
+copy of the trainable weights while the optimizer steps; if that copy does not fit in memory,
+sampling stops for the rest of the fit (training goes on).
+
+Gradients are the ones the optimizer uses, so under DistributedDataParallel they are the
+all-reduced ones; only rank 0 has callbacks, so only rank 0 samples.
 
 Names come from the optimizer's groups (``param_names``): the model's own names, also when the
 trainer trains a feature-cache suffix (its modules, and so its parameter tensors, are the
@@ -18,6 +23,7 @@ for little use after the run).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,16 +34,21 @@ import torch
 from studio.engine.events import Callback, LayerStats
 from studio.engine.optim import Stepper
 
+log = logging.getLogger(__name__)
+
 SAMPLE_INTERVAL = 0.5  # seconds between sampled steps: the Layers tree refreshes twice a second
+OVERHEAD_BUDGET = 0.03  # the most of the wall time that sampling may take
 
 
 class LearningProbe:
     """A :class:`~studio.engine.optim.StepObserver` that turns a sampled step into LayerStats."""
 
     def __init__(self, emit: Callable[[LayerStats], None], interval: float = SAMPLE_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._emit, self._interval, self._clock = emit, interval, clock
+                 clock: Callable[[], float] = time.monotonic,
+                 budget: float = OVERHEAD_BUDGET) -> None:
+        self._emit, self._interval, self._clock, self._budget = emit, interval, clock, budget
         self._due = -math.inf  # the first step is sampled: the tree fills at once
+        self._spent = 0.0  # seconds the current sample has taken so far
         self._names: list[str] = []
         self._params: list[torch.Tensor] = []
         self._before: list[torch.Tensor] = []
@@ -49,6 +60,17 @@ class LearningProbe:
 
     @torch.no_grad()
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        began = self._clock()
+        try:
+            self._take_before(optimizer)
+        except torch.OutOfMemoryError:
+            self._names, self._params, self._before = [], [], []
+            self._due = math.inf
+            log.warning("the live learning view stopped: a copy of the trainable weights "
+                        "does not fit in memory")
+        self._spent = self._clock() - began
+
+    def _take_before(self, optimizer: torch.optim.Optimizer) -> None:
         names, params = [], []
         for group in optimizer.param_groups:
             for name, param in zip(group["param_names"], group["params"], strict=True):
@@ -64,6 +86,7 @@ class LearningProbe:
 
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer, global_step: int) -> None:
+        began = self._clock()
         names, params, before = self._names, self._params, self._before
         grads, weights = self._grad_norms, self._weight_norms
         self._names, self._params, self._before = [], [], []  # keep no copies between samples
@@ -82,7 +105,9 @@ class LearningProbe:
             grad_norm=dict(zip(names, values[:count], strict=True)),
             weight_norm=dict(zip(names, values[count:2 * count], strict=True)),
             update_norm=dict(zip(names, values[2 * count:], strict=True))))
-        self._due = self._clock() + self._interval
+        now = self._clock()
+        spent = self._spent + now - began
+        self._due = now + max(self._interval, spent / self._budget)
 
 
 def listens(callbacks: Sequence[Callback]) -> bool:

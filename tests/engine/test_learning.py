@@ -122,6 +122,32 @@ def test_at_most_one_sample_per_interval_and_none_in_between() -> None:
     assert [e.global_step for e in events] == [round(t * 10) + 1 for t in times]
 
 
+def test_a_costly_sample_waits_longer_so_the_view_stays_within_its_budget() -> None:
+    class SlowClock(FakeClock):
+        """Every reading inside the probe takes 20 ms: a sample costs about 40 ms."""
+
+        def __call__(self) -> float:
+            self.now += 0.02
+            return self.now
+
+    net, optimizer, _names = tiny_net()
+    events: list[LayerStats] = []
+    clock = SlowClock()
+    stepper = stepper_for(optimizer)
+    stepper.observer = LearningProbe(events.append, clock=clock, budget=0.03)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    sampled_at = []
+    for step in range(100):  # steps of 0.1 s
+        clock.now += 0.1
+        stepper.backward(nn.functional.cross_entropy(net(x), y))
+        before = len(events)
+        stepper.step([p for p in net.parameters() if p.requires_grad], step)
+        if len(events) > before:
+            sampled_at.append(clock.now)
+    gaps = [b - a for a, b in zip(sampled_at, sampled_at[1:], strict=False)]
+    assert gaps and min(gaps) >= 0.04 / 0.03 - 0.1  # not every 0.5 s: 40 ms is 3 % of 1.3 s
+
+
 def test_only_a_callback_that_listens_turns_sampling_on() -> None:
     class Quiet(Callback):
         pass
