@@ -10,6 +10,8 @@ on models with a thousand parameter tensors.
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import (
     QModelIndex,
     QPersistentModelIndex,
@@ -37,7 +39,7 @@ from PySide6.QtWidgets import (
 from studio.engine.backbones import ModelDescription
 from studio.engine.config import FreezeSpec, RunConfig
 from studio.engine.events import FitEnded, FitStarted, LayerStats
-from studio.ui.models.learning import LOW_RATIO, format_ratio
+from studio.ui.models.learning import LOW_RATIO
 from studio.ui.models.param_tree import (
     FULL_NAME_ROLE,
     HEADERS,
@@ -163,6 +165,7 @@ class LayersPanel(QWidget):
 
         footer = QHBoxLayout()
         footer.addWidget(self.summary_label, 1)
+        footer.addSpacing(16)
         footer.addWidget(self.learning_label)
         footer.addSpacing(12)
         footer.addWidget(self.bn_check)
@@ -223,8 +226,8 @@ class LayersPanel(QWidget):
         self.model.set_layer_stats(event)
         self._show_learning(True)
         self.learning_label.setText(
-            f"Live learning at step {event.global_step:,} · amber: update / weight below "
-            f"{format_ratio(LOW_RATIO)}")
+            f"Live learning at step {event.global_step:,} · amber: update / weight under "
+            f"1e{round(math.log10(LOW_RATIO))}, hardly learning")
 
     def on_fit_ended(self, _event: FitEnded) -> None:
         """No run is live: the learning columns go (their figures were of that run)."""
