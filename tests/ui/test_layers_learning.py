@@ -137,15 +137,31 @@ def test_a_refresh_keeps_expansion_selection_and_checks_and_touches_two_columns(
     assert cell(model, "fc.weight", GRAD_COLUMN) == "", "a new run starts empty"
 
 
-def test_another_backbone_empties_the_columns(qtbot, panel: LayersPanel,
-                                              project: ProjectModel) -> None:
+def test_stats_of_another_model_than_the_trees_leave_the_columns_empty(
+        qtbot, panel: LayersPanel, project: ProjectModel) -> None:
+    panel.on_fit_started(fit_started())
     panel.on_layer_stats(stats_for(trainable(project)))
     assert panel.model.learning_step == 12
+    foreign = stats_for([*trainable(project), "layer4.2.conv1.weight"])  # a resnet34's
+    panel.on_layer_stats(foreign)
+    assert panel.model.learning_step is None and "another model" in panel.learning_label.text()
+    assert cell(panel.model, "fc.weight", GRAD_COLUMN) == ""
+
     from studio.engine.backbones import describe_model
     from studio.engine.config import ModelConfig
 
-    project.set_description(describe_model(ModelConfig(backbone="mobilenet_v3_small"), 3))
+    panel.on_layer_stats(stats_for(trainable(project)))
+    project.set_description(describe_model(ModelConfig(backbone="resnet18"), 7))  # new classes
     assert panel.model.learning_step is None
+    panel.on_layer_stats(stats_for(trainable(project)))  # same names, but not the run's model
+    assert panel.model.learning_step is None
+
+
+def test_figures_read_as_orders_of_magnitude() -> None:
+    assert [format_ratio(v) for v in (1.23e-3, 4.0e-6, 0.052, 0.0, math.inf)] == \
+        ["1.2e-3", "4.0e-6", "5.2e-2", "0", "—"]
+    assert [format_norm(v) for v in (12.345, 0.0927, 5.2e-3, 0.0, 31_415.9)] == \
+        ["12.3", "0.0927", "5.2e-3", "0", "3.1e4"]
 
 
 def test_a_child_process_line_becomes_the_same_signal(qtbot, tmp_path: Path) -> None:

@@ -141,13 +141,16 @@ class ParamTreeModel(QAbstractItemModel):
         """The optimizer step the learning columns show, or None when they are empty."""
         return self._learning.global_step
 
-    def set_layer_stats(self, event: LayerStats) -> None:
-        """Show a sampled step's figures in the learning columns (names not in this tree, e.g.
-        of another backbone, are ignored)."""
-        if self._description is None:
-            return
+    def set_layer_stats(self, event: LayerStats) -> bool:
+        """Show a sampled step's figures in the learning columns; False (and empty columns)
+        when the event names a parameter this tree does not have: it is of another model."""
+        known = self._id_of_name
+        if self._description is None or any(name not in known for name in event.grad_norm):
+            self.clear_layer_stats()
+            return False
         self._learning.update(event, self._nodes, self._parent)
         self._emit_learning_changed()
+        return True
 
     def clear_layer_stats(self) -> None:
         """Empty the learning columns (a new run starts, or none is live)."""

@@ -136,6 +136,7 @@ class LayersPanel(QWidget):
             "The Grad norm and Update / weight columns show the last sampled optimizer step of "
             "the run in progress (refreshed twice a second); frozen rows stay empty")
         self.learning_label.hide()
+        self._run_description: ModelDescription | None = None  # the live run's, from its start
 
         self.placeholder = QLabel(PLACEHOLDER)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -218,13 +219,19 @@ class LayersPanel(QWidget):
 
     def on_fit_started(self, _event: FitStarted) -> None:
         """A new run: empty learning columns, shown until it ends."""
+        self._run_description = self.model.description  # what the run was started with
         self.model.clear_layer_stats()
         self._show_learning(True)
         self.learning_label.setText("Live learning: waiting for the first step")
 
     def on_layer_stats(self, event: LayerStats) -> None:
-        self.model.set_layer_stats(event)
         self._show_learning(True)
+        same = self._run_description is None or self.model.description is self._run_description
+        if not same or not self.model.set_layer_stats(event):
+            self.model.clear_layer_stats()
+            self.learning_label.setText("Live learning: the tree shows another model than the "
+                                        "one training")
+            return
         self.learning_label.setText(
             f"Live learning at step {event.global_step:,} · amber: update / weight under "
             f"1e{round(math.log10(LOW_RATIO))}, hardly learning")
@@ -232,6 +239,7 @@ class LayersPanel(QWidget):
     def on_fit_ended(self, _event: FitEnded) -> None:
         """No run is live: the learning columns go (their figures were of that run)."""
         self.model.clear_layer_stats()
+        self._run_description = None
         self._show_learning(False)
 
     # -- user actions -------------------------------------------------------------------
