@@ -134,7 +134,8 @@ class LayersPanel(QWidget):
         self.learning_label = QLabel()
         self.learning_label.setToolTip(
             "The Grad norm and Update / weight columns show the last sampled optimizer step of "
-            "the run in progress (refreshed twice a second); frozen rows stay empty")
+            "the run in progress (refreshed up to twice a second); frozen rows stay empty. An "
+            "update / weight ratio in amber is so small that the layer hardly changes")
         self.learning_label.hide()
         self._run_description: ModelDescription | None = None  # the live run's, from its start
 
@@ -229,12 +230,11 @@ class LayersPanel(QWidget):
         same = self._run_description is None or self.model.description is self._run_description
         if not same or not self.model.set_layer_stats(event):
             self.model.clear_layer_stats()
-            self.learning_label.setText("Live learning: the tree shows another model than the "
-                                        "one training")
+            self.learning_label.setText("Live: the run trains another model than this tree")
             return
         self.learning_label.setText(
-            f"Live learning at step {event.global_step:,} · amber: update / weight under "
-            f"1e{round(math.log10(LOW_RATIO))}, hardly learning")
+            f"Live at step {event.global_step:,} · amber: hardly learning "
+            f"(< 1e{round(math.log10(LOW_RATIO))})")
 
     def on_fit_ended(self, _event: FitEnded) -> None:
         """No run is live: the learning columns go (their figures were of that run)."""
