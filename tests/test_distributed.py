@@ -218,7 +218,8 @@ def test_ctrl_c_stops_every_rank_at_the_same_batch_and_the_run_resumes_under_ddp
         data: Path, tmp_path: Path) -> None:
     """Head only, so the feature cache is on in both processes; Ctrl-C reaches the launcher
     and both processes; all stop after their batch, and the run resumes with 2 processes.
-    Rank 0 also streams its events as JSON lines on stdout (what the app reads)."""
+    Rank 0 also streams its events as JSON lines on stdout (what the app reads), the live
+    learning view's among them (its sampling leaves the replicas identical)."""
     run = tmp_path / "run"
     args = ["--data", str(data), *TINY, "--freeze-preset", "head_only", "--batch-size", "6",
             "--out", str(run), "--nproc-per-node", "2", "--json-events"]
@@ -237,6 +238,9 @@ def test_ctrl_c_stops_every_rank_at_the_same_batch_and_the_run_resumes_under_ddp
     hooks = [hook for hook, _ in filter(None, events)]
     assert hooks[0] == "on_fit_start" and hooks[-1] == "on_fit_end"
     assert "on_epoch_end" in hooks and "on_batch_end" in hooks
+    stats = [event for hook, event in filter(None, events) if hook == "on_layer_stats"]
+    assert stats, "rank 0 samples the live learning view for the app"
+    assert all(name.startswith("fc.") for name in stats[0].grad_norm)  # the head trains
 
     resumed = Launch(["--resume", str(run), "--epochs", str(done + 2)], tmp_path)
     assert resumed.finish() == 0, resumed.stderr[-8:]

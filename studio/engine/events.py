@@ -62,6 +62,25 @@ class BatchEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerStats:
+    """How one optimizer step moved each trainable parameter, sampled at most twice a second
+    (:mod:`studio.engine.learning`). Keyed by the model's full parameter names; frozen
+    parameters (and any without a gradient that step) are absent. Norms are L2 over the whole
+    tensor; a module's figures are those of its parameters taken together (sqrt of the sum of
+    squares), which these three make possible and a ratio alone would not."""
+
+    global_step: int  # optimizer steps done, counting this one (as BatchEnded.global_step)
+    grad_norm: dict[str, float]  # ||grad||, unscaled, before clipping
+    update_norm: dict[str, float]  # ||w_after - w_before|| of this step
+    weight_norm: dict[str, float]  # ||w_before||
+
+    def update_ratio(self, name: str) -> float:
+        """||Δw|| / ||w|| of one parameter (about 1e-3 for a layer that learns steadily)."""
+        weight = self.weight_norm[name]
+        return self.update_norm[name] / weight if weight > 0 else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
 class EpochEnded:
     epoch: int
     train_loss: float
@@ -169,6 +188,9 @@ class Callback:
 
     def on_cache(self, event: CacheReport) -> None: ...
 
+    def on_layer_stats(self, event: LayerStats) -> None:
+        """Only when some callback overrides this does the trainer sample (see learning.py)."""
+
     def on_fit_end(self, event: FitEnded) -> None: ...
 
 
@@ -178,7 +200,7 @@ class Callback:
 HOOKS: dict[str, type] = {
     "on_fit_start": FitStarted, "on_stage_start": StageStarted, "on_batch_end": BatchEnded,
     "on_epoch_end": EpochEnded, "on_checkpoint": CheckpointSaved, "on_warning": WarningIssued,
-    "on_cache": CacheReport, "on_fit_end": FitEnded,
+    "on_cache": CacheReport, "on_layer_stats": LayerStats, "on_fit_end": FitEnded,
 }
 
 
@@ -259,6 +281,9 @@ class LineEmitter(Callback):
 
     def on_cache(self, event: CacheReport) -> None:
         self._send("on_cache", event)
+
+    def on_layer_stats(self, event: LayerStats) -> None:  # ~3 floats per parameter, 2/s
+        self._send("on_layer_stats", event)
 
     def on_fit_end(self, event: FitEnded) -> None:
         self._send("on_fit_end", event)

@@ -9,7 +9,7 @@ and decay.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,22 @@ def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {g["name"]: float(g["lr"]) for g in optimizer.param_groups if g["params"]}
 
 
+class StepObserver(Protocol):
+    """Looks at some optimizer steps (the live learning view, :mod:`studio.engine.learning`)."""
+
+    def wants(self) -> bool:
+        """Whether to look at the step about to be taken (asked once per step: keep it cheap)."""
+        ...
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The gradients are final (unscaled, not yet clipped); the weights are not changed."""
+        ...
+
+    def after_step(self, optimizer: torch.optim.Optimizer, global_step: int) -> None:
+        """The weights have changed; the gradients are still there."""
+        ...
+
+
 class Stepper:
     """Backward and optimizer steps: the schedule's learning rates, gradient clipping, and the
     gradient scaler under fp16."""
@@ -141,6 +157,7 @@ class Stepper:
                  fp16: bool) -> None:
         self.optimizer, self.schedule, self.clip = optimizer, schedule, clip
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.observer: StepObserver | None = None
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -148,14 +165,19 @@ class Stepper:
     def step(self, trainable: list[torch.Tensor], global_step: int) -> None:
         optimizer = self.optimizer
         self.schedule.apply(optimizer, global_step)
+        observer = self.observer if self.observer is not None and self.observer.wants() \
+            else None
+        if self.scaler is not None and (self.clip or observer is not None):
+            self.scaler.unscale_(optimizer)  # scaler.step then does not unscale again
+        if observer is not None:
+            observer.before_step(optimizer)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(trainable, self.clip)
         if self.scaler is not None:
-            if self.clip:
-                self.scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, self.clip)
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            if self.clip:
-                torch.nn.utils.clip_grad_norm_(trainable, self.clip)
             optimizer.step()
+        if observer is not None:
+            observer.after_step(optimizer, global_step + 1)
         optimizer.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from studio.engine import learning
 from studio.engine.caching import Feed, FeedPlanner
 from studio.engine.checkpoint import (
     CheckpointWriter,
@@ -213,6 +214,7 @@ class Trainer:
                                Schedule(cfg.optim, math.ceil(steps / cfg.train.accumulate),
                                         cfg.train.epochs),
                                cfg.train.grad_clip, fp16=parts.precision == "fp16")
+        learning.watch(self.stepper, self.callbacks, self._emit)  # the live Layers columns
         if checkpoint is not None:
             self._restore(checkpoint)
             if self.writer is not None:

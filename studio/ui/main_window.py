@@ -200,6 +200,8 @@ class MainWindow(ProjectFiles, QMainWindow):
         session.epoch_ended.connect(self.curves_panel.on_epoch_ended)
         session.warning_issued.connect(self._on_session_warning_issued)
         session.cache_reported.connect(panel.on_cache_reported)
+        session.fit_started.connect(self.layers_panel.on_fit_started)
+        session.layer_stats_sampled.connect(self.layers_panel.on_layer_stats)
         session.finished.connect(self._on_session_finished)
 
         runs = self.runs_panel  # the Runs page lists again when a run starts, moves, ends
@@ -327,6 +329,7 @@ class MainWindow(ProjectFiles, QMainWindow):
         self._last_result = result
         self.training_panel.on_fit_ended(result)
         self.curves_panel.on_fit_ended(result)
+        self.layers_panel.on_fit_ended(result)
         if run_has_checkpoint(result.run_dir):
             self.evaluate_panel.set_run_dir(result.run_dir)
             self.export_panel.set_run_dir(result.run_dir)

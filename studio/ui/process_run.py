@@ -36,7 +36,7 @@ HOOK_SIGNALS = {
     "on_fit_start": "fit_started", "on_stage_start": "stage_started",
     "on_batch_end": "batch_ended", "on_epoch_end": "epoch_ended",
     "on_checkpoint": "checkpoint_saved", "on_warning": "warning_issued",
-    "on_cache": "cache_reported",
+    "on_cache": "cache_reported", "on_layer_stats": "layer_stats_sampled",
 }
 
 
@@ -50,6 +50,7 @@ class ProcessRun(QObject):
     checkpoint_saved = Signal(object)
     warning_issued = Signal(object)
     cache_reported = Signal(object)
+    layer_stats_sampled = Signal(object)
     ended = Signal(object)  # FitEnded, once the process has exited
 
     def __init__(self, arguments: list[str], run_dir: str, monitor: str = "val_acc",

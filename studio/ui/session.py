@@ -27,6 +27,7 @@ from studio.engine.events import (
     EpochEnded,
     FitEnded,
     FitStarted,
+    LayerStats,
     Outcome,
     StageStarted,
     WarningIssued,
@@ -47,6 +48,7 @@ class TrainingWorker(QObject):
     checkpoint_saved = Signal(object)
     warning_issued = Signal(object)
     cache_reported = Signal(object)
+    layer_stats_sampled = Signal(object)  # LayerStats, at most twice a second
     finished = Signal(object)  # FitEnded
 
     def __init__(self, config: RunConfig | None, run_dir: str, stop: threading.Event,
@@ -106,9 +108,12 @@ class SignalRelay(Callback):
     def on_cache(self, event: CacheReport) -> None:
         self.worker.cache_reported.emit(event)
 
+    def on_layer_stats(self, event: LayerStats) -> None:
+        self.worker.layer_stats_sampled.emit(event)
+
 
 RELAYED = ("fit_started", "stage_started", "batch_ended", "epoch_ended", "checkpoint_saved",
-           "warning_issued", "cache_reported")
+           "warning_issued", "cache_reported", "layer_stats_sampled")
 
 
 class TrainingSession(QObject):
@@ -122,6 +127,7 @@ class TrainingSession(QObject):
     checkpoint_saved = Signal(object)
     warning_issued = Signal(object)
     cache_reported = Signal(object)
+    layer_stats_sampled = Signal(object)  # LayerStats, at most twice a second
     finished = Signal(object)  # FitEnded, after the thread has ended
     running_changed = Signal(bool)
     paused_changed = Signal(bool)

@@ -8,6 +8,11 @@ turns into one ``project.set_frozen`` call; the model then hears ``config_change
 Nodes are numbered in depth-first order, so the leaves under any node form one contiguous range
 of the leaf list; with a prefix sum over "is trainable" a module's state and its trainable count
 are O(1) lookups, and a click costs O(n) in all, however big the model.
+
+During a run two more columns show how each row learns (:meth:`set_layer_stats`, fed by the
+engine's LayerStats twice a second): the gradient norm and the update-to-weight ratio of its
+trainable parameters. Only those two columns change (one dataChanged per group of siblings), so
+expansion, selection and check states stay as the user left them.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QFont, QGuiApplication, QPalette
+from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette
 
 from studio.engine.backbones import ModelDescription
 from studio.engine.errors import ConfigError
+from studio.engine.events import LayerStats
 from studio.engine.params import ParamNode, resolve_frozen
+from studio.ui.models.learning import LOW_RATIO, NodeFigures, format_norm, format_ratio
 from studio.ui.project import ProjectModel
 
 FULL_NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # str: the full dotted name
@@ -35,13 +42,19 @@ NUMEL_ROLE = Qt.ItemDataRole.UserRole + 2  # int: parameters in this row (a modu
 TRAINABLE_ROLE = Qt.ItemDataRole.UserRole + 3  # int: trainable parameters in this row
 IS_LEAF_ROLE = Qt.ItemDataRole.UserRole + 4  # bool: a parameter tensor, not a module
 
-NAME_COLUMN, SHAPE_COLUMN, PARAMS_COLUMN = range(3)
-HEADERS = ("Name", "Shape", "Parameters")
+NAME_COLUMN, SHAPE_COLUMN, PARAMS_COLUMN, GRAD_COLUMN, RATIO_COLUMN = range(5)
+HEADERS = ("Name", "Shape", "Parameters", "Grad norm", "Update / weight")
 HEADER_TIPS = (
     "Modules and their parameter tensors; tick a row to train it, untick it to freeze it",
     "The shape of each parameter tensor",
     "How many numbers each tensor (or module, in total) holds",
+    "During a run: the L2 norm of this row's gradient at the last sampled step (its trainable "
+    "parameters taken together; frozen rows stay empty)",
+    "During a run: how far the last sampled step moved this row's weights, ||Δw|| / ||w||; "
+    "around 1e-3 a layer learns steadily, far below it hardly at all",
 )
+LEARNING_COLUMNS = (GRAD_COLUMN, RATIO_COLUMN)
+LOW_RATIO_COLOUR = QColor(178, 106, 0)  # amber: readable on light and dark rows alike
 
 Index = QModelIndex | QPersistentModelIndex
 ROOT = QModelIndex()  # the invisible root, as a default argument
@@ -62,7 +75,8 @@ def to_check_state(value: Any) -> Qt.CheckState | None:
 
 
 class ParamTreeModel(QAbstractItemModel):
-    """Three columns: Name (user-checkable), Shape, Parameters."""
+    """Five columns: Name (user-checkable), Shape, Parameters, and during a run Grad norm and
+    Update / weight."""
 
     counts_changed = Signal(int, int)  # trainable, total — after every refresh
     freeze_error_changed = Signal(str)  # why the freeze spec does not fit ("" when it does)
@@ -73,6 +87,7 @@ class ParamTreeModel(QAbstractItemModel):
         self._description: ModelDescription | None = None
         self._frozen: frozenset[str] = frozenset()
         self._freeze_error = ""
+        self._learning = NodeFigures()  # the live learning columns' figures, per node
         self._clear()
         self._italic = QFont()
         self._italic.setItalic(True)
@@ -120,6 +135,27 @@ class ParamTreeModel(QAbstractItemModel):
         if frozen != self._frozen:
             self._project.set_frozen(frozen)
         return True
+
+    @property
+    def learning_step(self) -> int | None:
+        """The optimizer step the learning columns show, or None when they are empty."""
+        return self._learning.global_step
+
+    def set_layer_stats(self, event: LayerStats) -> bool:
+        """Show a sampled step's figures in the learning columns; False (and empty columns)
+        when the event names a parameter this tree does not have: it is of another model."""
+        known = self._id_of_name
+        if self._description is None or any(name not in known for name in event.grad_norm):
+            self.clear_layer_stats()
+            return False
+        self._learning.update(event, self._nodes, self._parent)
+        self._emit_learning_changed()
+        return True
+
+    def clear_layer_stats(self) -> None:
+        """Empty the learning columns (a new run starts, or none is live)."""
+        if self._learning.clear():
+            self._emit_learning_changed()
 
     def index_of(self, name: str, column: int = 0) -> QModelIndex:
         """The index of the module or parameter called ``name`` (invalid if there is none)."""
@@ -184,15 +220,21 @@ class ParamTreeModel(QAbstractItemModel):
                 return node.label
             if column == SHAPE_COLUMN:
                 return format_shape(node.shape) if node.is_leaf else ""
-            return f"{node.numel:,}"
+            if column == PARAMS_COLUMN:
+                return f"{node.numel:,}"
+            return self._learning_text(node_id, column)
         if role == Qt.ItemDataRole.CheckStateRole:
             return self._state(node_id) if column == NAME_COLUMN else None
         if role == Qt.ItemDataRole.ForegroundRole:
+            if column == RATIO_COLUMN:
+                ratio = self._learning.update_ratio(node_id)
+                if ratio is not None and ratio < LOW_RATIO:
+                    return LOW_RATIO_COLOUR
             return self._frozen_brush if self._state(node_id) == UNCHECKED else None
         if role == Qt.ItemDataRole.FontRole:
             return self._italic if self._state(node_id) == UNCHECKED else None
         if role == Qt.ItemDataRole.TextAlignmentRole:
-            if column == PARAMS_COLUMN:
+            if column in (PARAMS_COLUMN, *LEARNING_COLUMNS):
                 return Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
             return None
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -224,7 +266,8 @@ class ParamTreeModel(QAbstractItemModel):
             return HEADERS[section]
         if role == Qt.ItemDataRole.ToolTipRole:
             return HEADER_TIPS[section]
-        if role == Qt.ItemDataRole.TextAlignmentRole and section == PARAMS_COLUMN:
+        if role == Qt.ItemDataRole.TextAlignmentRole and section in (PARAMS_COLUMN,
+                                                                     *LEARNING_COLUMNS):
             return Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         return None
 
@@ -254,6 +297,7 @@ class ParamTreeModel(QAbstractItemModel):
         self._trainable_prefix: list[int] = [0]
         self._trainable_numel_prefix: list[int] = [0]
         self._numel_total = 0
+        self._learning.clear()
 
     def _rebuild(self, description: ModelDescription | None) -> None:
         self.beginResetModel()
@@ -355,6 +399,42 @@ class ParamTreeModel(QAbstractItemModel):
                                           self.createIndex(row - 1, last, end), roles)
                     start = None
 
+    def _emit_learning_changed(self) -> None:
+        """dataChanged for the two learning columns only, one signal per group of siblings."""
+        roles = [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ForegroundRole,
+                 Qt.ItemDataRole.ToolTipRole]
+        for kids in self._children:
+            if kids:
+                self.dataChanged.emit(self.createIndex(0, GRAD_COLUMN, kids[0]),
+                                      self.createIndex(len(kids) - 1, RATIO_COLUMN, kids[-1]),
+                                      roles)
+
+    def _learning_text(self, node_id: int, column: int) -> str:
+        figures = self._learning
+        if column == GRAD_COLUMN:
+            grad = figures.grad_norm(node_id)
+            return "" if grad is None else format_norm(grad)
+        ratio = figures.update_ratio(node_id)
+        return "" if ratio is None else format_ratio(ratio)
+
+    def _learning_tooltip(self, node_id: int, column: int) -> str:
+        figures, node = self._learning, self._nodes[node_id]
+        reported = figures.reported(node_id)
+        if not reported:
+            if figures.global_step is None:
+                return "Filled in while a run trains"
+            return f"{node.name}: frozen in this run (or no gradient reached it)"
+        over = "" if node.is_leaf else f" over its {reported} trainable tensors"
+        step = figures.global_step
+        if column == GRAD_COLUMN:
+            return f"{node.name}: ||grad|| = {figures.grad_norm(node_id):.4g}{over} (step {step})"
+        ratio = figures.update_ratio(node_id)
+        assert ratio is not None
+        if ratio == float("inf"):
+            return f"{node.name}: its weights were all zero before step {step}"
+        verdict = " — hardly learning" if ratio < LOW_RATIO else ""
+        return f"{node.name}: ||Δw|| / ||w|| = {ratio:.3g}{over} (step {step}){verdict}"
+
     def _state(self, node_id: int) -> Qt.CheckState:
         lo, hi = self._leaf_lo[node_id], self._leaf_hi[node_id]
         trainable = self._trainable_prefix[hi] - self._trainable_prefix[lo]
@@ -375,6 +455,8 @@ class ParamTreeModel(QAbstractItemModel):
             return f"{node.name} ({kind}, {status})"
         if column == PARAMS_COLUMN:
             return f"{self._trainable_numel(node_id):,} of {node.numel:,} trainable"
+        if column in LEARNING_COLUMNS:
+            return self._learning_tooltip(node_id, column)
         return f"{node.name}: {format_shape(node.shape)}" if node.is_leaf else node.name
 
     @staticmethod

@@ -1,5 +1,7 @@
 """LayersPanel: which parameters train. A filterable tree of the model (checked = trainable),
-presets, a context menu, and a live count of what will train.
+presets, a context menu, and a live count of what will train. While a run trains, two more
+columns show how each layer learns (gradient norm, update / weight), from the engine's
+LayerStats; they are hidden and empty when no run is live.
 
 Everything goes through the project: the tree is a ParamTreeModel mirror, presets set a
 FreezeSpec, and the summary is recomputed from the model's prefix sums, so a click stays cheap
@@ -7,6 +9,8 @@ on models with a thousand parameter tensors.
 """
 
 from __future__ import annotations
+
+import math
 
 from PySide6.QtCore import (
     QModelIndex,
@@ -34,9 +38,12 @@ from PySide6.QtWidgets import (
 
 from studio.engine.backbones import ModelDescription
 from studio.engine.config import FreezeSpec, RunConfig
+from studio.engine.events import FitEnded, FitStarted, LayerStats
+from studio.ui.models.learning import LOW_RATIO
 from studio.ui.models.param_tree import (
     FULL_NAME_ROLE,
     HEADERS,
+    LEARNING_COLUMNS,
     NAME_COLUMN,
     PARAMS_COLUMN,
     SHAPE_COLUMN,
@@ -109,6 +116,9 @@ class LayersPanel(QWidget):
         header.setSectionResizeMode(NAME_COLUMN, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(SHAPE_COLUMN, QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(PARAMS_COLUMN, QHeaderView.ResizeMode.Interactive)
+        for column in LEARNING_COLUMNS:
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
+            self.tree.setColumnHidden(column, True)  # shown while a run is live
         header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
 
         self.summary_label = QLabel()
@@ -121,6 +131,13 @@ class LayersPanel(QWidget):
         self.error_label.setStyleSheet(ERROR_STYLE)
         self.error_label.setToolTip("Why the saved freeze setting does not fit this model")
         self.error_label.hide()
+        self.learning_label = QLabel()
+        self.learning_label.setToolTip(
+            "The Grad norm and Update / weight columns show the last sampled optimizer step of "
+            "the run in progress (refreshed up to twice a second); frozen rows stay empty. An "
+            "update / weight ratio in amber is so small that the layer hardly changes")
+        self.learning_label.hide()
+        self._run_description: ModelDescription | None = None  # the live run's, from its start
 
         self.placeholder = QLabel(PLACEHOLDER)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -150,6 +167,9 @@ class LayersPanel(QWidget):
 
         footer = QHBoxLayout()
         footer.addWidget(self.summary_label, 1)
+        footer.addSpacing(16)
+        footer.addWidget(self.learning_label)
+        footer.addSpacing(12)
         footer.addWidget(self.bn_check)
 
         content = QWidget()
@@ -195,6 +215,32 @@ class LayersPanel(QWidget):
     def _on_model_model_reset(self) -> None:
         self._size_columns()
         self._apply_filter_expansion()
+
+    # -- the run in progress (the window connects the session's signals) -----------------
+
+    def on_fit_started(self, _event: FitStarted) -> None:
+        """A new run: empty learning columns, shown until it ends."""
+        self._run_description = self.model.description  # what the run was started with
+        self.model.clear_layer_stats()
+        self._show_learning(True)
+        self.learning_label.setText("Live learning: waiting for the first step")
+
+    def on_layer_stats(self, event: LayerStats) -> None:
+        self._show_learning(True)
+        same = self._run_description is None or self.model.description is self._run_description
+        if not same or not self.model.set_layer_stats(event):
+            self.model.clear_layer_stats()
+            self.learning_label.setText("Live: the run trains another model than this tree")
+            return
+        self.learning_label.setText(
+            f"Live at step {event.global_step:,} · amber: hardly learning "
+            f"(< 1e{round(math.log10(LOW_RATIO))})")
+
+    def on_fit_ended(self, _event: FitEnded) -> None:
+        """No run is live: the learning columns go (their figures were of that run)."""
+        self.model.clear_layer_stats()
+        self._run_description = None
+        self._show_learning(False)
 
     # -- user actions -------------------------------------------------------------------
 
@@ -285,6 +331,15 @@ class LayersPanel(QWidget):
                 self.tree.expand(self.proxy.index(row, 0))
         self.tree.setUpdatesEnabled(True)
 
+    def _show_learning(self, shown: bool) -> None:
+        if self.tree.isColumnHidden(LEARNING_COLUMNS[0]) != shown:
+            return  # already so: twice a second, do nothing
+        for column in LEARNING_COLUMNS:
+            self.tree.setColumnHidden(column, not shown)
+        self.learning_label.setVisible(shown)
+        if not shown:
+            self.learning_label.clear()
+
     def _size_columns(self) -> None:
         """Widths from the longest shape and count (one pass; no ResizeToContents on big
         models)."""
@@ -299,6 +354,8 @@ class LayersPanel(QWidget):
         padding = 4 * metrics.horizontalAdvance("M")
         self.tree.setColumnWidth(SHAPE_COLUMN, shape_width + padding)
         self.tree.setColumnWidth(PARAMS_COLUMN, count_width + padding)
+        for column in LEARNING_COLUMNS:  # "1.2e-3" is narrower than its header
+            self.tree.setColumnWidth(column, metrics.horizontalAdvance(HEADERS[column]) + padding)
 
     def _on_model_freeze_error_changed(self, error: str) -> None:
         """A freeze spec from a file may not fit this model: say why, in one sentence."""

@@ -1,0 +1,98 @@
+"""The Layers tree's live learning columns, as numbers per tree node (no Qt here).
+
+The engine reports each trainable parameter tensor (:class:`~studio.engine.events.LayerStats`);
+the tree owns the hierarchy, so it aggregates: a module's gradient norm is that of all its
+reported parameters taken as one vector (the square root of the sum of squares), and its update
+ratio is ‖Δw‖/‖w‖ over the same vector, so one big tensor weighs more than a small bias, as it
+does in the network. A node with no reported parameter (frozen, or no trainable parameter) has
+no figures and its cells stay empty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from studio.engine.events import LayerStats
+from studio.engine.params import ParamNode
+
+LOW_RATIO = 1e-4  # an update this small relative to the weights barely changes the layer
+
+
+class NodeFigures:
+    """Per node id (the tree's depth-first numbering, parents before children): the squared
+    norms summed over its reported leaves, and how many leaves were reported."""
+
+    def __init__(self) -> None:
+        self.global_step: int | None = None
+        self._grad2: list[float] = []
+        self._update2: list[float] = []
+        self._weight2: list[float] = []
+        self._reported: list[int] = []
+
+    def clear(self) -> bool:
+        """Forget the figures; True when there were some."""
+        had = self.global_step is not None
+        self.global_step = None
+        self._grad2, self._update2, self._weight2, self._reported = [], [], [], []
+        return had
+
+    def update(self, event: LayerStats, nodes: Sequence[ParamNode], parent: Sequence[int]
+               ) -> None:
+        """Aggregate ``event`` over the tree in one pass from the last node back to the root
+        (children have higher ids than their parent, so each node is complete before it adds
+        itself to its parent)."""
+        count = len(nodes)
+        grad2, update2, weight2 = [0.0] * count, [0.0] * count, [0.0] * count
+        reported = [0] * count
+        grads, updates, weights = event.grad_norm, event.update_norm, event.weight_norm
+        for node_id in range(count - 1, -1, -1):
+            node = nodes[node_id]
+            if node.is_leaf:
+                g, u, w = grads.get(node.name), updates.get(node.name), weights.get(node.name)
+                if g is None or u is None or w is None:
+                    continue
+                grad2[node_id], update2[node_id], weight2[node_id] = g * g, u * u, w * w
+                reported[node_id] = 1
+            up = parent[node_id]
+            if up >= 0 and reported[node_id]:
+                grad2[up] += grad2[node_id]
+                update2[up] += update2[node_id]
+                weight2[up] += weight2[node_id]
+                reported[up] += reported[node_id]
+        self._grad2, self._update2, self._weight2 = grad2, update2, weight2
+        self._reported = reported
+        self.global_step = event.global_step
+
+    def reported(self, node_id: int) -> int:
+        """Parameter tensors under ``node_id`` with figures (0: the cells stay empty)."""
+        return self._reported[node_id] if node_id < len(self._reported) else 0
+
+    def grad_norm(self, node_id: int) -> float | None:
+        return math.sqrt(self._grad2[node_id]) if self.reported(node_id) else None
+
+    def update_ratio(self, node_id: int) -> float | None:
+        """‖Δw‖/‖w‖; inf when the weights were all zero (a fresh zero bias)."""
+        if not self.reported(node_id):
+            return None
+        weight = math.sqrt(self._weight2[node_id])
+        return math.sqrt(self._update2[node_id]) / weight if weight > 0 else math.inf
+
+
+def format_ratio(value: float) -> str:
+    """1.2e-3 style: the exponent is what a reader compares."""
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return "—"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_norm(value: float) -> str:
+    """Three digits in the everyday range, 1.2e-5 style outside it."""
+    if value == 0:
+        return "0"
+    if 1e-2 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    return format_ratio(value)
