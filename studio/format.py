@@ -18,3 +18,16 @@ def format_size(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
+
+
+def plural(count: int, word: str, plural: str = "") -> str:
+    """``1 class``, ``3 classes``, ``12,000 images``."""
+    return f"{count:,} {word if count == 1 else plural or word + 's'}"
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's text (its type's name when it has none), at most ``limit``
+    characters: what a one-sentence message quotes of an error it explains."""
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit - 1] + "…"

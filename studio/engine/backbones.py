@@ -24,6 +24,7 @@ from studio.engine.downloads import ProgressCallback, download_pretrained, hub_c
 from studio.engine.errors import BackboneError, WeightsError
 from studio.engine.images import Preprocessing, preprocessing_from_weights
 from studio.engine.params import ParamNode, param_tree
+from studio.format import first_line
 
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "weights", "module")
@@ -353,13 +354,10 @@ def _build(name: str, weights: Any | None, kwargs: dict[str, Any],
     except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
         if path.is_file():
             raise WeightsError(f"the cached weights file {path} is damaged or does not fit "
-                               f"{name} ({_first_line(error)}); delete it so that it is "
+                               f"{name} ({first_line(error)}); delete it so that it is "
                                f"downloaded again, or import the right file") from error
         raise
 
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _fixed_input_size(model: nn.Module, info: BackboneInfo, kwargs: dict[str, Any]) -> int | None:

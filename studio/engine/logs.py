@@ -18,6 +18,8 @@ from typing import TextIO
 
 import platformdirs
 
+from studio.format import first_line
+
 LOG_ENV = "STUDIO_LOG_FILE"
 _FORMAT = "%(asctime)s %(process)d %(threadName)s %(levelname)s %(name)s: %(message)s"
 _active: Path | None = None
@@ -118,9 +120,5 @@ def _studio_or_warning(record: logging.LogRecord) -> bool:
 def log_unexpected(logger: logging.Logger, what: str, error: BaseException) -> str:
     """Log ``error`` with its traceback and return the sentence a user sees instead."""
     logger.error("%s", what, exc_info=(type(error), error, error.__traceback__))
-    return f"{what} unexpectedly ({type(error).__name__}: {_first_line(error)}); {details_hint()}"
+    return f"{what} unexpectedly ({type(error).__name__}: {first_line(error)}); {details_hint()}"
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no detail"

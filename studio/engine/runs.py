@@ -39,6 +39,7 @@ from studio.engine.events import (
     StageStarted,
     WarningIssued,
 )
+from studio.format import first_line
 
 if TYPE_CHECKING:  # torch loads only when a run is opened: listing and config errors stay fast
     import torch
@@ -299,7 +300,7 @@ def rebuild_model(config: RunConfig, labels: list[str], prep: dict[str, Any],
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as failure:
-        first = str(failure).strip().splitlines()[0] if str(failure).strip() else "no detail"
+        first = first_line(failure)
         raise error(f"checkpoint {path} does not fit {config.model.backbone} with "
                     f"{len(labels)} classes ({first})") from failure
     return model.eval()

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from studio.engine import learning
@@ -51,7 +50,7 @@ from studio.engine.events import (
 from studio.engine.features import trim_memory
 from studio.engine.logs import log_unexpected
 from studio.engine.memory import MicroBatcher, out_of_memory_sentence
-from studio.engine.metrics import Validation, macro_f1_and_balanced_accuracy
+from studio.engine.metrics import Validation
 from studio.engine.mixing import Mixer
 from studio.engine.optim import Schedule, Stepper, current_lrs
 from studio.engine.params import count_params
@@ -66,6 +65,8 @@ from studio.engine.runs import (
 )
 from studio.engine.runtime import MainRankError, Placement, device_label, seed_everything
 from studio.engine.tensorboard import tensorboard_callbacks
+from studio.engine.validation import validate
+from studio.format import first_line, plural
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Trainer:
                 log.exception("training failed")
                 return self._end(Outcome.FAILED, f"rank {self.placement.rank} lost contact with "
                                  f"the other processes ({type(error).__name__}: "
-                                 f"{_first_line(error)}); the run resumes from its last epoch")
+                                 f"{first_line(error)}); the run resumes from its last epoch")
             return self._end(Outcome.FAILED, log_unexpected(log, "training failed", error))
         finally:
             if self.writer is not None:
@@ -319,8 +320,8 @@ class Trainer:
             if patience and self.state.bad_epochs >= patience:
                 return self._finish(Outcome.EARLY_STOPPED,
                                     f"stopped early after epoch {epoch}: {cfg.train.monitor} did "
-                                    f"not improve for {_plural(patience, 'epoch')}")
-        return self._finish(Outcome.COMPLETED, f"completed {_plural(cfg.train.epochs, 'epoch')}")
+                                    f"not improve for {plural(patience, 'epoch')}")
+        return self._finish(Outcome.COMPLETED, f"completed {plural(cfg.train.epochs, 'epoch')}")
 
     def _cancelled(self, epoch: int) -> FitEnded:
         done = self.state.epoch
@@ -405,45 +406,13 @@ class Trainer:
         count = max(1, int(total.item()))
         return (epoch_loss / count).item(), correct.item() / count, count, busy
 
-    @torch.no_grad()
     def _validate(self, stop: threading.Event, module: nn.Module | None = None
                   ) -> Validation | None:
-        """Loss, accuracy, macro F1, balanced accuracy and image count over the whole
-        validation split: each process runs its shard through the plain (unwrapped) module
-        (or ``module``, the EMA's counterpart of it), and the sums (and the confusion matrix)
-        are reduced."""
-        parts, placement = self.parts, self.placement
-        assert parts is not None and placement is not None
-        if not parts.scan.splits["val"]:
-            return Validation.empty()
-        parts.model.eval()
-        module = (module or self.feed.module).eval()
-        device = parts.device
-        classes = len(parts.scan.classes)
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = torch.zeros((), dtype=torch.long, device=device)
-        matrix = torch.zeros(classes * classes, dtype=torch.long, device=device)
-        with parts.autocast():
-            for images, targets in self.feed.val:
-                # Alone, a stop is answered at once; together, at the next training batch,
-                # where every process checks at the same step.
-                if not placement.distributed and stop.is_set():
-                    return None
-                images, targets = parts.to_device(images, targets)
-                logits = self.micro.infer(module, images).float()
-                total_loss += F.cross_entropy(logits, targets, reduction="sum")
-                predicted = logits.argmax(1)
-                correct += (predicted == targets).sum()
-                seen += targets.shape[0]
-                matrix += torch.bincount(targets * classes + predicted, minlength=classes ** 2)
-        placement.reduce(total_loss, correct, seen, matrix)
-        count = int(seen.item())
-        if count == 0:
-            return Validation.empty()
-        f1, balanced = macro_f1_and_balanced_accuracy(
-            matrix.cpu().numpy().reshape(classes, classes))
-        return Validation(total_loss.item() / count, correct.item() / count, f1, balanced, count)
+        """The validation figures of the plain (unwrapped) module, or of ``module``, the EMA's
+        counterpart of it, through the same feed."""
+        assert self.parts is not None and self.placement is not None
+        return validate(self.parts, self.placement, module or self.feed.module, self.feed.val,
+                        self.micro.infer, stop)
 
     def _track_best(self, epoch: int, validated: Validation,
                     averaged: Validation | None = None) -> bool:
@@ -530,10 +499,3 @@ class Trainer:
         return event
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no detail"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from studio.format import plural  # noqa: F401 - the panels import it from here
+
 
 def sentence(message: str) -> str:
     """Engine errors start in lower case and carry no full stop; a panel shows a sentence.
@@ -17,7 +19,3 @@ def sentence(message: str) -> str:
         message = message[0].upper() + message[1:]
     return message if message[-1] in ".!?" else message + "."
 
-
-def plural(count: int, word: str, plural: str = "") -> str:
-    """``1 class``, ``3 classes``, ``12,000 images``."""
-    return f"{count:,} {word if count == 1 else plural or word + 's'}"

@@ -59,8 +59,3 @@ def _install(scratch: Path, folder: Path) -> list[Path]:
     # the main file first: model.onnx before model.onnx.data
     return sorted(installed, key=lambda p: (p.suffix in (".data", ".json"), p.name))
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = text[0] if text else type(error).__name__
-    return line if len(line) <= 300 else line[:297] + "…"

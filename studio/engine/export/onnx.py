@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from studio import __version__
-from studio.engine.export.common import _first_line, _install, _quiet, _scratch
+from studio.engine.export.common import _install, _quiet, _scratch
 from studio.engine.export.results import ExportError, FormatResult
 from studio.engine.export.verify import (
     CheckSet,
@@ -39,6 +39,7 @@ from studio.engine.export.verify import (
     run_onnx,
 )
 from studio.engine.images import Preprocessing
+from studio.format import first_line
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_size: int,
                 parity = judge(check, run_onnx(target, [b for _, b in check.batches]))
             except Exception as error:  # any exporter failure means: try the next one
                 log.info("ONNX export with %s failed", exporter, exc_info=True)
-                reason = _first_line(error)
+                reason = first_line(error)
                 result.attempts.append({"exporter": exporter, "outcome": f"failed: {reason}"})
                 reasons.append(f"the {exporter} exporter failed ({reason})")
                 continue
@@ -280,7 +281,7 @@ def export_int8(onnx_path: str | os.PathLike[str], path: str | os.PathLike[str],
                     quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QUInt8,
                                      use_external_data_format=large)
         except Exception as error:  # onnxruntime's quantizer raises many kinds
-            result.message = f"onnxruntime could not quantize the model ({_first_line(error)})"
+            result.message = f"onnxruntime could not quantize the model ({first_line(error)})"
             result.seconds = time.monotonic() - started
             raise ExportError(f"the int8 export failed: {result.message}", result) from error
         target = scratch / path.name

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from studio.engine.config_io import FILE_MODE
-from studio.engine.export.common import _first_line, _install, _quiet, _scratch
+from studio.engine.export.common import _install, _quiet, _scratch
 from studio.engine.export.onnx import onnx_metadata
 from studio.engine.export.results import ExportError, FormatResult, Parity
 from studio.engine.export.verify import (
@@ -30,6 +30,7 @@ from studio.engine.export.verify import (
     run_torchscript,
 )
 from studio.engine.images import Preprocessing
+from studio.format import first_line
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike[str], input_size: int,
@@ -56,7 +57,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike[str], input_siz
                                          check_inputs=[(other,)])
                 torch.jit.save(traced, str(target), _extra_files=extra)
         except Exception as error:  # tracing raises TracingCheckError, RuntimeError, …
-            result.message = f"tracing failed ({_first_line(error)})"
+            result.message = f"tracing failed ({first_line(error)})"
             result.seconds = time.monotonic() - started
             raise ExportError(f"the TorchScript export of {type(model).__name__} failed: "
                               f"{result.message}", result) from error

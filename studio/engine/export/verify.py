@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from studio.engine.export.common import _first_line, _quiet
+from studio.engine.export.common import _quiet
 from studio.engine.export.results import ExportError, Parity
+from studio.format import first_line
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def run_onnx(path: str | os.PathLike[str], batches: Sequence[torch.Tensor | np.n
                 for batch in batches]
     except Exception as error:  # onnxruntime raises its own (Fail, InvalidGraph, …) types
         raise ExportError(f"onnxruntime cannot run {Path(path).name} "
-                          f"({_first_line(error)})") from error
+                          f"({first_line(error)})") from error
 
 
 def run_torchscript(path: str | os.PathLike[str], batches: Sequence[torch.Tensor]
@@ -198,7 +199,7 @@ def run_torchscript(path: str | os.PathLike[str], batches: Sequence[torch.Tensor
             return [module(batch).float().numpy() for batch in batches]
     except Exception as error:  # a TorchScript interpreter error has many types
         raise ExportError(f"torch.jit.load cannot run {Path(path).name} "
-                          f"({_first_line(error)})") from error
+                          f"({first_line(error)})") from error
 
 
 def _numpy(batch: torch.Tensor | np.ndarray) -> np.ndarray:
