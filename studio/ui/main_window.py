@@ -323,6 +323,7 @@ class MainWindow(ProjectFiles, QMainWindow):
     @Slot(object)
     def _on_session_warning_issued(self, event: object) -> None:
         self.statusBar().showMessage(f"Warning: {event.message}", 15_000)  # type: ignore
+        self.training_panel.on_warning(event)  # type: ignore[arg-type]
 
     @Slot(object)
     def _on_session_finished(self, result: FitEnded) -> None:

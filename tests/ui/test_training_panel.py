@@ -173,6 +173,21 @@ def test_a_run_whose_ema_weights_were_best_says_so(panel: TrainingPanel, tmp_pat
     assert "87.3 %</b> (epoch 2, EMA weights)" in panel.best_label.text()
 
 
+def test_the_runs_warnings_stay_in_view_until_the_next_run(panel: TrainingPanel,
+                                                             tmp_path: Path) -> None:
+    from studio.engine.events import WarningIssued
+
+    panel.on_fit_started(fit_started(str(tmp_path)))
+    assert panel.warning_label.isHidden()
+    for step in range(1, 6):
+        panel.on_warning(WarningIssued(f"CUDA ran out of memory in epoch 1 at step {step}"))
+    lines = panel.warning_label.text().splitlines()
+    assert lines[-1] == "CUDA ran out of memory in epoch 1 at step 5."
+    assert len(lines) == 3 and not panel.warning_label.isHidden()  # the last three
+    panel.on_fit_started(fit_started(str(tmp_path)))
+    assert panel.warning_label.isHidden()
+
+
 def test_failed_run_shows_the_reason(panel: TrainingPanel, tmp_path: Path) -> None:
     message = "the dataset folder /data/cats does not exist; choose another folder"
     panel.on_fit_ended(fit_ended(Outcome.FAILED, message, str(tmp_path / "gone"), done=0))

@@ -20,12 +20,15 @@ from studio.engine.events import (
     FitEnded,
     FitStarted,
     Outcome,
+    WarningIssued,
     weights_label,
 )
 from studio.format import format_duration
 from studio.ui.text import plural
 
 MUTED_COLOR = "#6b6b6b"
+WARNING_COLOR = "#a15c00"  # amber, readable on a light background
+KEPT_WARNINGS = 3
 
 OUTCOME_ICONS = {
     Outcome.COMPLETED: QStyle.StandardPixmap.SP_DialogApplyButton,
@@ -75,11 +78,18 @@ class RunProgress:
                                     "are cached, and why not when they are not.")
         self.cache_label.setVisible(False)
         self._caches: dict[str, str] = {}
+        self.warning_label = QLabel()  # what the run said along the way: it outlasts the status
+        self.warning_label.setWordWrap(True)  # bar (an out-of-memory recovery, say)
+        self.warning_label.setStyleSheet(f"color: {WARNING_COLOR};")
+        self.warning_label.setToolTip("What this run warned about while it trained.")
+        self.warning_label.setVisible(False)
+        self._warnings: list[str] = []
         box_layout = QVBoxLayout(self._progress_box)
         box_layout.addWidget(self.progress_bar)
         box_layout.addWidget(self.progress_label)
         box_layout.addWidget(self.run_info_label)
         box_layout.addWidget(self.cache_label)
+        box_layout.addWidget(self.warning_label)
 
     def _build_result(self) -> None:
         self._result_box = QGroupBox("Result", self)
@@ -136,7 +146,16 @@ class RunProgress:
         self.run_info_label.setVisible(True)
         self._caches = {}
         self.cache_label.setVisible(False)
+        self._warnings = []
+        self.warning_label.setVisible(False)
         self._result_box.setVisible(False)
+
+    @Slot(object)
+    def on_warning(self, event: WarningIssued) -> None:
+        """Keep the run's last few warnings in view (the status bar shows each for a while)."""
+        self._warnings = [*self._warnings, as_sentence(event.message)][-KEPT_WARNINGS:]
+        self.warning_label.setText("\n".join(self._warnings))
+        self.warning_label.setVisible(True)
 
     @Slot(object)
     def on_cache_reported(self, event: CacheReport) -> None:
