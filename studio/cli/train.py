@@ -65,8 +65,9 @@ def add_train_parser(commands: Any) -> None:
     train.set_defaults(handler=_cmd_train)
 
 
+# flags that are not a field's setting: names and paths, and torchrun's --nproc-per-node
 _PATHS = {"data": ("data", "root"), "backbone": ("model", "backbone"),
-          "weights": ("model", "weights")}
+          "weights": ("model", "weights"), "nproc_per_node": ("train", "processes")}
 AUTO = "auto"
 
 
@@ -98,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         del given["train"]["batch_size"]
     for section in sections:
         changes[section].update(given.get(section, {}))
-    for flag, (section, name) in _PATHS.items():  # fields that are names, not settings
+    for flag, (section, name) in _PATHS.items():
         if getattr(args, flag) is not None:
             changes[section][name] = getattr(args, flag)
     if args.sync_bn:

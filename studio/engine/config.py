@@ -61,7 +61,7 @@ class DataConfig:
     image_size: int | None = setting(
         None, "Image size", "Side of the square the images are resized to, in pixels; auto "
         "uses the backbone weights' own size (224 if unknown).", low=16, high=2048, step=32,
-        off="auto", suffix=" px", metavar="N", tab="Loop")
+        off="auto", suffix=" px", unit="pixels", metavar="N", tab="Loop")
 
     def __post_init__(self) -> None:
         check(self)

@@ -42,6 +42,7 @@ class Setting:
     metavar: str = ""
     tab: str = ""  # the Train page's tab (TABS); "" = shown elsewhere or only in files
     hint: str = ""  # what a too-low number means, in the error ("0 (off) or a patience")
+    unit: str = ""  # the limits' unit in an error ("pixels")
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -132,8 +133,9 @@ def _check_float(name: str, value: float, low: float | None, high: float | None)
 
 def _check_int(name: str, value: int, found: Setting) -> None:
     low, high = found.low, found.high
+    unit = f" {found.unit}" if found.unit else ""
     if low is not None and high is not None and not low <= value <= high:
-        raise ConfigError(f"{name} must be between {_number(low)} and {_number(high)}; "
+        raise ConfigError(f"{name} must be between {_number(low)} and {_number(high)}{unit}; "
                           f"got {value}")
     if low is not None and value < low:
         lowest = found.hint or _number(low)
