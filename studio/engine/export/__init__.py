@@ -21,8 +21,10 @@ The package, one question per module:
 - ``verify``: how a file is run with its own runtime and judged against PyTorch;
 - ``onnx``: ONNX through the dynamo or the TorchScript-based exporter, its metadata, int8;
 - ``torch_formats``: TorchScript and safetensors;
-- ``bundle``: the model card and ``predict.py`` a bundle carries;
-- ``run_export``: exporting a run folder, its images and ``export_report.json``;
+- ``bundle``: the model card and ``predict.py`` (``predict_script.py``, verbatim) a bundle carries;
+- ``predict_script``: the bundle's ``predict.py`` itself (numpy, Pillow, onnxruntime only);
+- ``run_export``: the format registry, exporting a run folder, its images, the calibration it
+  carries and ``export_report.json``;
 - ``common``: quiet exporters, scratch folders moved into place, one-line errors.
 
 This module only re-exports the public names. To replace a name in a test, patch the module
@@ -30,7 +32,7 @@ that looks it up (``studio.engine.export.onnx._onnx_dynamo``,
 ``studio.engine.export.torch_formats.run_torchscript``), not this one.
 """
 
-from studio.engine.export.bundle import PREDICT_PY, model_card
+from studio.engine.export.bundle import PREDICT_SCRIPT, model_card, predict_py
 from studio.engine.export.onnx import (
     DEFAULT_OPSET,
     ONNX_EXPORTERS,
@@ -48,7 +50,9 @@ from studio.engine.export.run_export import (
     CHECK_IMAGES,
     FILE_NAMES,
     FORMATS,
+    REGISTRY,
     REPORT_NAME,
+    ExportFormat,
     Progress,
     RunModel,
     default_out,
@@ -85,7 +89,9 @@ __all__ = [
     "FILE_NAMES",
     "FORMATS",
     "ONNX_EXPORTERS",
-    "PREDICT_PY",
+    "PREDICT_SCRIPT",
+    "REGISTRY",
+    "ExportFormat",
     "RANDOM_BATCH",
     "REPORT_NAME",
     "RTOL",
@@ -111,6 +117,7 @@ __all__ = [
     "make_check_set",
     "model_card",
     "onnx_metadata",
+    "predict_py",
     "read_onnx_metadata",
     "read_torchscript_extras",
     "run_onnx",
