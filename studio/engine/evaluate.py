@@ -264,9 +264,10 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
 
 
 def fit_run_calibration(run: OpenedRun, target_precision: float = TARGET_PRECISION,
-                        device: str = "cpu") -> Calibration | None:
+                        device: str = "auto") -> Calibration | None:
     """Temperature and unknown threshold fitted on the run's own validation split (None when
-    the dataset is gone or has no validation images): what an export carries."""
+    the dataset is gone or has no validation images): what an export carries. The model is
+    left on the CPU, where the exporters want it."""
     root = run.data_root
     if not root:
         return None
@@ -277,7 +278,11 @@ def fit_run_calibration(run: OpenedRun, target_precision: float = TARGET_PRECISI
         samples, _, _ = _pick_samples(run, scan.classes, scan.splits, "val", True, root)
     except DatasetError:
         return None
-    logits = predict_logits(run, samples, device=device, workers=0)
+    try:
+        logits = predict_logits(run, samples, device=device,
+                                workers=0 if len(samples) <= 256 else -1)
+    finally:
+        run.model.cpu()
     return calibrate(logits, np.array([s.label for s in samples]), target_precision)
 
 

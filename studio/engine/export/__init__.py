@@ -11,6 +11,14 @@ fp32 logits are themselves farther than that from the float64 ones), the file is
 float64 instead and may not be farther from it than PyTorch fp32 is (see :func:`judge`).
 Anything else raises :class:`ExportError` — an export is never silently wrong.
 
+A run's export also carries its calibration, fitted on the run's validation split
+(:mod:`studio.engine.calibration`): the temperature and the unknown threshold travel in the ONNX
+metadata (``calibration``, JSON), the report, the model card and the bundle's
+``calibration.json``, and the bundle's ``predict.py`` applies both.
+
+Formats are entries of ``REGISTRY`` (:class:`ExportFormat`: default file name, the suffixes
+``--out`` may name, the writer); the bundle writes all of them.
+
 The model-level exporters (``export_onnx``, ``export_torchscript``, ``export_safetensors``,
 ``export_int8``, ``export_model_onnx``) need no run folder; ``export_run`` and
 ``export_bundle`` export a run folder written by the trainer and write ``export_report.json``.
