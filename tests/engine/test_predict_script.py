@@ -5,7 +5,8 @@ its copy of the pixel pipeline is checked against ``studio.engine.images`` on th
 trip a naive loader: 16-bit with every value below 256, 16-bit full range, float TIFF in 0–1 and
 out of it, CMYK JPEG, palette PNG with a transparent index, grayscale with alpha, 1-bit, an
 EXIF-rotated JPEG and a strip longer than the aspect limit. Then the bundle's predict.py runs
-in a subprocess on the same images and is compared with `studio predict` on the same run.
+in a subprocess, beside the run's calibrated model.onnx, on the same images and is compared with
+`studio predict` on the same run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from studio.cli import main
-from studio.engine.export import export_bundle, predict_py
+from studio.engine.export import export_run, predict_py, read_onnx_metadata
 from studio.engine.export import predict_script as script
 from studio.engine.images import Preprocessing, build_transforms, load_image
 
@@ -93,13 +94,15 @@ def test_the_bundle_ships_predict_script_verbatim_without_studio() -> None:
 def test_bundle_predict_py_agrees_with_studio_predict_on_odd_images(
         trained_run: Path, odd_images: list[Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
+    # the bundle's two files that matter here, without its int8/TorchScript/safetensors (a
+    # bundle's predict.py is predict_py() verbatim: test_export runs one from a real bundle)
     folder = tmp_path / "bundle"
-    report = export_bundle(trained_run, folder)
+    report = export_run(trained_run, "onnx", folder)
     assert report.verified and report.calibration is not None
-    calibration = json.loads((folder / "calibration.json").read_text())
+    (folder / "predict.py").write_text(predict_py(), encoding="utf-8")
+    calibration = read_onnx_metadata(folder / "model.onnx")["calibration"]
     temperature, threshold = calibration["temperature"], calibration["unknown_threshold"]
-    meta_calibration = report.calibration
-    assert meta_calibration["temperature"] == temperature
+    assert calibration == report.calibration
 
     names = [str(p) for p in odd_images]
     assert main(["predict", str(trained_run), *names, "--json", "--top", "3"]) == 0
