@@ -108,3 +108,23 @@ def test_train_find_lr_prints_a_suggestion_and_writes_nothing(
     data = json.loads(out)
     assert len(data["lrs"]) == 12 and data["ended"] == "finished"
     assert not (tmp_path / "runs").exists()
+
+
+def test_eval_json_carries_the_calibration(trained_run: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "eval", str(trained_run), "--json",
+                           "--target-precision", "0.9")
+    assert code == 0
+    calibration = json.loads(out)["calibration"]
+    assert {"ece", "ece_calibrated", "temperature", "bins", "unknown_threshold", "coverage",
+            "target_precision"} <= set(calibration)
+    assert calibration["target_precision"] == 0.9 and calibration["temperature"] > 0
+    assert len(calibration["bins"]) == 15
+    assert sum(b["count"] for b in calibration["bins"]) == calibration["images"] == 9
+
+
+def test_a_target_precision_out_of_range_is_one_sentence(
+        trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "eval", str(trained_run), "--target-precision", "1.5")
+    assert code != 0 and "--target-precision must be above 0 and at most 1" in err
+    assert "Traceback" not in err

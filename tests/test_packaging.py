@@ -67,7 +67,8 @@ def test_wheel_ships_the_resources_and_an_installed_copy_finds_them(tmp_path: Pa
     assert len(digits) == 300
     assert {"studio/resources/__init__.py", "studio/resources/sample_digits/PROVENANCE.md",
             "studio/resources/style.qss", "studio/resources/icons/finetune-studio.svg",
-            "studio/cli/__init__.py", "studio/engine/export/__init__.py"} <= names
+            "studio/cli/__init__.py", "studio/engine/export/__init__.py",
+            "studio/engine/export/predict_script.py"} <= names  # the bundle's predict.py
     assert {f"studio/resources/icons/finetune-studio-{s}.png" for s in ICON_SIZES} <= names
     assert not [n for n in names if n.startswith("resources/")], "a top-level package leaked"
 

@@ -30,6 +30,9 @@ def add_export_parser(commands: Any) -> None:
     export.add_argument("--checkpoint", choices=["best", "last"], default="best",
                         help="which checkpoint of the run (default best)")
     export.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18)")
+    export.add_argument("--target-precision", type=float, default=0.95, metavar="P",
+                        help="precision on validation that the unknown threshold carried in "
+                             "the export aims for (default 0.95)")
     export.set_defaults(handler=_cmd_export)
 
 
@@ -40,7 +43,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"{message}…", file=sys.stderr, flush=True)
 
     report = export_run(args.run_dir, args.format, out=args.out, checkpoint=args.checkpoint,
-                        opset=args.opset, progress=progress)
+                        opset=args.opset, progress=progress,
+                        target_precision=_target_precision(args.target_precision))
     print(format_export(report))
     return EXIT_OK if report.verified else EXIT_ERROR
 
@@ -89,6 +93,9 @@ def add_eval_parsers(commands: Any) -> None:
     evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best",
                           help="which checkpoint of the run (default best)")
     evaluate.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    evaluate.add_argument("--target-precision", type=float, default=0.95, metavar="P",
+                          help="precision the unknown threshold aims for on these images "
+                               "(default 0.95)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_cmd_eval)
 
@@ -112,12 +119,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     evaluation = evaluate_run(args.run_dir, data=args.data, checkpoint=args.checkpoint,
                               split=args.split, device=args.device,
-                              progress=None if args.json else Progress("evaluating"))
+                              progress=None if args.json else Progress("evaluating"),
+                              target_precision=_target_precision(args.target_precision))
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=2, ensure_ascii=False))
     else:
         print(evaluation.report())
     return EXIT_OK
+
+
+def _target_precision(value: float) -> float:
+    from studio.engine.config import ConfigError
+
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"--target-precision must be above 0 and at most 1; got {value:g}")
+    return value
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

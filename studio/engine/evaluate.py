@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from studio.engine.calibration import TARGET_PRECISION, Calibration, calibrate
 from studio.engine.data import Sample, scan_folder
 from studio.engine.errors import DatasetError, StudioError
 from studio.engine.images import FolderDataset, build_transforms, load_image
@@ -98,11 +99,16 @@ class Evaluation:
     checkpoint: str = ""
     epoch: int | None = None
     notes: list[str] = field(default_factory=list)
+    logits: np.ndarray | None = None  # (N, C) float32, for temperature scaling
+    target_precision: float = TARGET_PRECISION  # what the unknown threshold aims for
 
     def __post_init__(self) -> None:
         n, c = len(self.paths), len(self.labels)
         self.targets = np.asarray(self.targets, dtype=np.int64).reshape(n)
         self.probabilities = np.asarray(self.probabilities, dtype=np.float32).reshape(n, c)
+        if self.logits is not None:
+            self.logits = np.asarray(self.logits, dtype=np.float32).reshape(n, c)
+        self._calibration: Calibration | None = None
         self.predicted = (self.probabilities.argmax(axis=1) if n
                           else np.zeros(0, dtype=np.int64))
         self.matrix = confusion_matrix(self.targets, self.predicted, c)
@@ -154,7 +160,22 @@ class Evaluation:
         return [(self.labels[t], self.labels[p], n) for t, p, n in most_confused(self.matrix,
                                                                                  limit)]
 
+    @property
+    def calibration(self) -> Calibration:
+        """ECE, reliability bins, a temperature and an unknown threshold fitted on these
+        images (from the logits; from log-probabilities when an evaluation has none)."""
+        if self._calibration is None:
+            logits = self.logits if self.logits is not None else \
+                np.log(np.maximum(self.probabilities, 1e-30))
+            self._calibration = calibrate(logits, self.targets, self.target_precision)
+        return self._calibration
+
     def to_json(self) -> dict[str, Any]:
+        calibration = self.calibration.to_json()
+        if self.split != "val":
+            calibration["note"] = "; ".join(filter(None, [
+                f"fitted on the {self.split} images evaluated, not a validation split",
+                calibration["note"]]))
         return {
             "run_dir": self.run_dir, "checkpoint": self.checkpoint, "epoch": self.epoch,
             "data": self.source, "split": self.split, "images": self.images,
@@ -168,6 +189,7 @@ class Evaluation:
                               for t, p, n in self.most_confused()],
             "top_losses": [r.to_json(self.labels) for r in self.top_losses()],
             "misclassified": [r.to_json(self.labels) for r in self.misclassified()],
+            "calibration": calibration,
             "notes": list(self.notes),
         }
 
@@ -198,6 +220,15 @@ class Evaluation:
             lines += ["", "top losses:"]
             lines += [f"  {r.path}: {self.labels[r.true]} predicted as "
                       f"{self.labels[r.predicted]} ({r.confidence:.0%})" for r in wrong]
+        if self.images:
+            cal = self.calibration
+            lines += ["", f"calibration   ECE {cal.ece:.3f} → {cal.ece_calibrated:.3f} with "
+                          f"temperature {cal.temperature:.3f} ({len(cal.bins)} bins)"]
+            if cal.unknown_threshold is not None and cal.coverage is not None:
+                lines.append(f"unknown below {cal.unknown_threshold:.3f} for precision "
+                             f"{cal.target_precision:.2f}: {cal.coverage:.1%} of images answered")
+            if cal.note:
+                lines.append(f"note: {cal.note}")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -209,7 +240,8 @@ class Evaluation:
 def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
                  checkpoint: str = "best", split: str = "auto", batch_size: int = BATCH_SIZE,
                  device: str = "auto", progress: Progress | None = None,
-                 stop: threading.Event | None = None) -> Evaluation:
+                 stop: threading.Event | None = None,
+                 target_precision: float = TARGET_PRECISION) -> Evaluation:
     """Evaluate ``run_dir``'s checkpoint on its validation split, or on the folder ``data``
     (its test/ split if it has one, else all its images). Classes are matched by name."""
     if split not in SPLITS:
@@ -223,11 +255,39 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
     scan = scan_folder(root, run.config.data.val_fraction if own else 0.0,
                        run.config.train.seed)
     samples, chosen, notes = _pick_samples(run, scan.classes, scan.splits, split, own, root)
-    result = predict_samples(run, samples, batch_size, device, progress, stop)
+    logits = predict_logits(run, samples, batch_size, device, progress, stop)
     targets = np.array([s.label for s in samples], dtype=np.int64)
-    return Evaluation(list(run.labels), [s.path for s in samples], targets, result,
+    return Evaluation(list(run.labels), [s.path for s in samples], targets, _softmax(logits),
                       source=str(Path(scan.root)), split=chosen, run_dir=str(run.run_dir),
-                      checkpoint=run.checkpoint, epoch=run.epoch, notes=notes)
+                      checkpoint=run.checkpoint, epoch=run.epoch, notes=notes, logits=logits,
+                      target_precision=target_precision)
+
+
+def fit_run_calibration(run: OpenedRun, target_precision: float = TARGET_PRECISION,
+                        device: str = "auto") -> Calibration | None:
+    """Temperature and unknown threshold fitted on the run's own validation split (None when
+    the dataset is gone or has no validation images): what an export carries. The model is
+    left on the CPU, where the exporters want it."""
+    root = run.data_root
+    if not root:
+        return None
+    try:
+        scan = scan_folder(root, run.config.data.val_fraction, run.config.train.seed)
+        if not scan.splits.get("val"):
+            return None
+        samples, _, _ = _pick_samples(run, scan.classes, scan.splits, "val", True, root)
+    except DatasetError:
+        return None
+    try:
+        logits = predict_logits(run, samples, device=device,
+                                workers=0 if len(samples) <= 256 else -1)
+    finally:
+        run.model.cpu()
+    return calibrate(logits, np.array([s.label for s in samples]), target_precision)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
 def _pick_samples(run: OpenedRun, classes: Sequence[str], splits: dict[str, Sequence[Sample]],
@@ -269,6 +329,13 @@ def predict_samples(run: OpenedRun, samples: Sequence[Sample], batch_size: int =
                     stop: threading.Event | None = None, workers: int = -1) -> np.ndarray:
     """Class probabilities (N, C) of every sample, in order, in fp32 (``workers``: DataLoader
     workers, -1 chosen from the machine)."""
+    return _softmax(predict_logits(run, samples, batch_size, device, progress, stop, workers))
+
+
+def predict_logits(run: OpenedRun, samples: Sequence[Sample], batch_size: int = BATCH_SIZE,
+                   device: str = "auto", progress: Progress | None = None,
+                   stop: threading.Event | None = None, workers: int = -1) -> np.ndarray:
+    """The model's logits (N, C) of every sample, in order, in fp32."""
     from studio.engine.runtime import loader_workers, pick_device
 
     target = pick_device(device)
@@ -285,7 +352,7 @@ def predict_samples(run: OpenedRun, samples: Sequence[Sample], batch_size: int =
             if stop is not None and stop.is_set():
                 raise EvaluationCancelled("evaluation stopped")
             logits = model(images.to(target, non_blocking=True)).float()
-            out[done:done + len(images)] = torch.softmax(logits, dim=1).cpu().numpy()
+            out[done:done + len(images)] = logits.cpu().numpy()
             done += len(images)
             if progress is not None:
                 progress(done, len(samples))

@@ -200,7 +200,7 @@ def test_bundle_writes_every_format_verified(bundle: export.ExportReport,
     assert bundle.out_dir == folder and bundle.verified
     names = {p.name for p in folder.iterdir()}
     assert {"model.onnx", "model.int8.onnx", "model.pt", "model.safetensors", "labels.json",
-            "preprocessing.json", "config.toml", "README.md", "predict.py",
+            "preprocessing.json", "config.toml", "README.md", "predict.py", "calibration.json",
             "export_report.json"} <= names
     assert not [n for n in names if n.startswith(".")], "no scratch folder is left behind"
     report = report_json(folder)
@@ -321,13 +321,17 @@ def test_predict_py_classifies_a_png_with_onnxruntime_alone(
     picked = paths[int(right[-1])]  # a red one the model gets right
     image = tmp_path / "photo.png"
     Image.open(picked).resize((48, 40)).save(image)  # another size: resize and crop matter
-    expected = torch.softmax(torch.from_numpy(reference(
-        model, build_transforms(Preprocessing(37, SIZE))(load_image(image))[None])), 1)[0]
     folder = run_dir / "export" / "bundle"
-    done = subprocess.run([sys.executable, "-I", str(folder / "predict.py"), str(image)],
+    temperature = json.loads((folder / "calibration.json").read_text())["temperature"]
+    expected = torch.softmax(torch.from_numpy(reference(
+        model, build_transforms(Preprocessing(37, SIZE))(load_image(image))[None])
+        / temperature), 1)[0]
+    done = subprocess.run([sys.executable, "-I", str(folder / "predict.py"), str(image),
+                           "--show-class"],
                           capture_output=True, text=True, timeout=WAIT, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
+    lines = [line for line in done.stdout.strip().splitlines()
+             if not line.startswith("unknown")]
     name, probability = lines[0].split("\t")
     assert name == picked.parent.name == LABELS[int(expected.argmax())]
     assert float(probability) == pytest.approx(float(expected.max()), abs=1e-3)

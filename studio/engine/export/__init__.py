@@ -11,6 +11,14 @@ fp32 logits are themselves farther than that from the float64 ones), the file is
 float64 instead and may not be farther from it than PyTorch fp32 is (see :func:`judge`).
 Anything else raises :class:`ExportError` — an export is never silently wrong.
 
+A run's export also carries its calibration, fitted on the run's validation split
+(:mod:`studio.engine.calibration`): the temperature and the unknown threshold travel in the ONNX
+metadata (``calibration``, JSON), the report, the model card and the bundle's
+``calibration.json``, and the bundle's ``predict.py`` applies both.
+
+Formats are entries of ``REGISTRY`` (:class:`ExportFormat`: default file name, the suffixes
+``--out`` may name, the writer); the bundle writes all of them.
+
 The model-level exporters (``export_onnx``, ``export_torchscript``, ``export_safetensors``,
 ``export_int8``, ``export_model_onnx``) need no run folder; ``export_run`` and
 ``export_bundle`` export a run folder written by the trainer and write ``export_report.json``.
@@ -21,8 +29,10 @@ The package, one question per module:
 - ``verify``: how a file is run with its own runtime and judged against PyTorch;
 - ``onnx``: ONNX through the dynamo or the TorchScript-based exporter, its metadata, int8;
 - ``torch_formats``: TorchScript and safetensors;
-- ``bundle``: the model card and ``predict.py`` a bundle carries;
-- ``run_export``: exporting a run folder, its images and ``export_report.json``;
+- ``bundle``: the model card and ``predict.py`` (``predict_script.py``, verbatim) a bundle carries;
+- ``predict_script``: the bundle's ``predict.py`` itself (numpy, Pillow, onnxruntime only);
+- ``run_export``: the format registry, exporting a run folder, its images, the calibration it
+  carries and ``export_report.json``;
 - ``common``: quiet exporters, scratch folders moved into place, one-line errors.
 
 This module only re-exports the public names. To replace a name in a test, patch the module
@@ -30,7 +40,7 @@ that looks it up (``studio.engine.export.onnx._onnx_dynamo``,
 ``studio.engine.export.torch_formats.run_torchscript``), not this one.
 """
 
-from studio.engine.export.bundle import PREDICT_PY, model_card
+from studio.engine.export.bundle import PREDICT_SCRIPT, model_card, predict_py
 from studio.engine.export.onnx import (
     DEFAULT_OPSET,
     ONNX_EXPORTERS,
@@ -48,7 +58,9 @@ from studio.engine.export.run_export import (
     CHECK_IMAGES,
     FILE_NAMES,
     FORMATS,
+    REGISTRY,
     REPORT_NAME,
+    ExportFormat,
     Progress,
     RunModel,
     default_out,
@@ -85,7 +97,9 @@ __all__ = [
     "FILE_NAMES",
     "FORMATS",
     "ONNX_EXPORTERS",
-    "PREDICT_PY",
+    "PREDICT_SCRIPT",
+    "REGISTRY",
+    "ExportFormat",
     "RANDOM_BATCH",
     "REPORT_NAME",
     "RTOL",
@@ -111,6 +125,7 @@ __all__ = [
     "make_check_set",
     "model_card",
     "onnx_metadata",
+    "predict_py",
     "read_onnx_metadata",
     "read_torchscript_extras",
     "run_onnx",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from studio import __version__
@@ -94,6 +95,7 @@ def model_card(run: _Run, report: ExportReport) -> str:
     int8 = next((r for r in report.results if r.format == "int8"), None)
     if int8 is not None:
         lines += ["", f"int8: {int8.message}."]
+    lines += ["", "## Calibration", "", *_calibration_lines(report.calibration)]
     lines += ["", "## Use", "", "```bash", "python predict.py IMAGE.jpg   # needs onnxruntime, "
               "pillow, numpy", "```", "", "```python",
               "import onnxruntime as ort",
@@ -106,6 +108,28 @@ def model_card(run: _Run, report: ExportReport) -> str:
     return "\n".join(lines)
 
 
+def _calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
+    """How far to trust the probabilities, and the unknown threshold predict.py applies."""
+    if calibration is None:
+        return ["Not calibrated: the run's validation images were not available at export, "
+                "so predict.py shows the model's own probabilities and never answers unknown."]
+    lines = [f"Fitted on {calibration['fitted_on_images']} validation images: temperature "
+             f"{calibration['temperature']:.3f} (predict.py divides the logits by it), expected "
+             f"calibration error (15 bins) {calibration['ece']:.3f} before and "
+             f"{calibration['ece_calibrated']:.3f} after."]
+    threshold = calibration.get("unknown_threshold")
+    if threshold is None:
+        lines.append(f"No threshold reached precision {calibration['target_precision']:.2f} on "
+                     f"validation, so predict.py never answers unknown.")
+    else:
+        lines.append(f"predict.py answers `unknown` when the calibrated top probability is below "
+                     f"{threshold:.4f} (precision {calibration['target_precision']:.2f} on "
+                     f"validation, answering {100 * calibration['coverage']:.1f} % of its "
+                     f"images); `--show-class` names the top class anyway. Both values are in "
+                     f"`calibration.json` and the ONNX metadata (`calibration`).")
+    return lines
+
+
 def _floats(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
@@ -114,106 +138,9 @@ def _size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
 
 
-PREDICT_PY = '''\
-#!/usr/bin/env python3
-"""Classify image files with model.onnx: onnxruntime, Pillow and numpy only.
-
-    python predict.py IMAGE [IMAGE ...] [--model model.onnx] [--top 3] [--json]
-
-The class names and the preprocessing (resize the short side, centre-crop, scale to 0-1,
-normalise, RGB, NCHW) are read from the model's metadata, as Finetune Studio wrote them.
-"""
-
-import argparse
-import json
-import os
-
-import numpy as np
-import onnxruntime as ort
-from PIL import Image, ImageOps
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, as in training
-MAX_ASPECT = 4.0  # more elongated images are padded to this aspect first, as in training
-FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-           "box": Image.BOX, "hamming": Image.HAMMING, "lanczos": Image.LANCZOS}
+PREDICT_SCRIPT = Path(__file__).with_name("predict_script.py")
 
 
-def load_rgb(path):
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        array = array / 257.0 if array.max(initial=0) > 255 else array
-        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode == "RGBA":
-        background = Image.new("RGB", image.size, BACKGROUND)
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    return image.convert("RGB")
-
-
-def pad_to_aspect(image):
-    width, height = image.size
-    if max(width, height) <= MAX_ASPECT * min(width, height):
-        return image
-    if width > height:
-        size = (width, int(np.ceil(width / MAX_ASPECT)))
-    else:
-        size = (int(np.ceil(height / MAX_ASPECT)), height)
-    canvas = Image.new("RGB", size, BACKGROUND)
-    canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
-    return canvas
-
-
-def preprocess(image, prep):
-    """Resize the short side to prep["resize"], centre-crop prep["crop"], normalise: 1x3xHxW."""
-    image = pad_to_aspect(image)
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = prep["resize"], int(prep["resize"] * long / short)
-    size = (new_short, new_long) if width <= height else (new_long, new_short)
-    if size != image.size:
-        image = image.resize(size, FILTERS.get(prep.get("interpolation"), Image.BILINEAR))
-    crop = prep["crop"]
-    top = int(round((size[1] - crop) / 2.0))
-    left = int(round((size[0] - crop) / 2.0))
-    image = image.crop((left, top, left + crop, top + crop))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1)[None], dtype=np.float32)
-
-
-def main():
-    parser = argparse.ArgumentParser(description="Classify images with an exported model.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.add_argument("--model", default=os.path.join(HERE, "model.onnx"))
-    parser.add_argument("--top", type=int, default=3, help="how many classes to show")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
-    args = parser.parse_args()
-
-    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    labels = json.loads(meta["labels"])
-    prep = json.loads(meta["preprocessing"])
-    for path in args.images:
-        logits = session.run(["logits"], {"input": preprocess(load_rgb(path), prep)})[0][0]
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        order = np.argsort(-probs)[: max(1, args.top)]
-        if args.json:
-            print(json.dumps({"image": path, "top": [
-                {"label": labels[i], "probability": float(probs[i])} for i in order]}))
-            continue
-        if len(args.images) > 1:
-            print(path)
-        for i in order:
-            print(f"{labels[i]}\\t{probs[i]:.4f}")
-
-
-if __name__ == "__main__":
-    main()
-'''
+def predict_py() -> str:
+    """The bundle's predict.py: ``predict_script.py`` of this package, verbatim."""
+    return PREDICT_SCRIPT.read_text(encoding="utf-8")

@@ -207,12 +207,13 @@ def _onnx_opset(path: Path) -> int:
 
 
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``labels`` and ``preprocessing`` (decoded) and any other metadata_props of a file."""
+    """``labels``, ``preprocessing`` and ``calibration`` (decoded) and any other metadata_props
+    of a file."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     meta: dict[str, Any] = {p.key: p.value for p in proto.metadata_props}
-    for key in ("labels", "preprocessing"):
+    for key in ("labels", "preprocessing", "calibration"):
         if key in meta:
             meta[key] = json.loads(meta[key])
     return meta

@@ -130,6 +130,7 @@ class ExportReport:
     images_checked: int
     results: list[FormatResult] = field(default_factory=list)
     report_path: Path | None = None
+    calibration: dict[str, Any] | None = None  # temperature and unknown threshold carried
 
     @property
     def verified(self) -> bool:
@@ -141,6 +142,7 @@ class ExportReport:
                 "checkpoint": self.checkpoint, "epoch": self.epoch, "backbone": self.backbone,
                 "labels": self.labels, "preprocessing": self.preprocessing,
                 "dataset": self.dataset_note, "images_checked": self.images_checked,
+                "calibration": self.calibration,
                 "exports": [r.to_json(self.out_dir) for r in self.results]}
 
 

@@ -19,11 +19,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from studio.engine.calibration import TARGET_PRECISION
 from studio.engine.config import ConfigError, RunConfig
 from studio.engine.config_io import atomic_write_text
 from studio.engine.data import Sample, scan_folder
 from studio.engine.errors import FULL, DatasetError, explain_os_error
-from studio.engine.export.bundle import PREDICT_PY, model_card
+from studio.engine.evaluate import fit_run_calibration
+from studio.engine.export.bundle import model_card, predict_py
 from studio.engine.export.onnx import export_int8, export_onnx, onnx_metadata
 from studio.engine.export.results import ExportError, ExportReport, FormatResult
 from studio.engine.export.torch_formats import export_safetensors, export_torchscript
@@ -33,14 +35,10 @@ from studio.engine.record import read_record
 from studio.engine.runs import OpenedRun as _Run
 from studio.engine.runs import open_run, preprocessing_from_json
 
-FORMATS = ("onnx", "int8", "torchscript", "safetensors", "bundle")
 CHECK_IMAGES = 32  # real validation images compared per export
 ACCURACY_IMAGES = 256  # validation images for the int8 accuracy change
 CALIBRATION_IMAGES = 64  # training images for int8 static calibration
 REPORT_NAME = "export_report.json"
-
-FILE_NAMES = {"onnx": "model.onnx", "int8": "model.int8.onnx", "torchscript": "model.pt",
-              "safetensors": "model.safetensors"}
 
 Progress = Callable[[str], None]
 
@@ -140,7 +138,8 @@ def default_out(run_dir: str | os.PathLike[str], fmt: str) -> Path:
 
 def export_run(run_dir: str | os.PathLike[str], fmt: str = "onnx",
                out: str | os.PathLike[str] | None = None, checkpoint: str = "best",
-               opset: int | None = None, progress: Progress | None = None) -> ExportReport:
+               opset: int | None = None, progress: Progress | None = None,
+               target_precision: float = TARGET_PRECISION) -> ExportReport:
     """Export a run folder in one format (or ``bundle``: all of them), verify, and write
     ``export_report.json`` beside the files. ``out`` is a folder, or for a single format also a
     file name with its suffix (``model.onnx``). Raises ExportError, after writing the report,
@@ -154,8 +153,8 @@ def export_run(run_dir: str | os.PathLike[str], fmt: str = "onnx",
     run = _open_run(run_dir, checkpoint)
     try:
         if fmt == "bundle":
-            return _bundle(run, out_dir, opset, say)
-        return _single(run, fmt, out_dir, file_name, opset, say)
+            return _bundle(run, out_dir, opset, say, target_precision)
+        return _single(run, fmt, out_dir, file_name, opset, say, target_precision)
     except OSError as error:  # the output folder: missing parent, permissions, a full disk
         reason, _ = explain_os_error(error)
         todo = ("free space on that disk or choose another --out folder" if error.errno in FULL
@@ -166,10 +165,11 @@ def export_run(run_dir: str | os.PathLike[str], fmt: str = "onnx",
 
 def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
                   checkpoint: str = "best", opset: int | None = None,
-                  progress: Progress | None = None) -> ExportReport:
+                  progress: Progress | None = None,
+                  target_precision: float = TARGET_PRECISION) -> ExportReport:
     """Every format in one folder, with a model card (README.md) and a ``predict.py`` that
     classifies an image file with onnxruntime, Pillow and numpy alone."""
-    return export_run(run_dir, "bundle", out, checkpoint, opset, progress)
+    return export_run(run_dir, "bundle", out, checkpoint, opset, progress, target_precision)
 
 
 def _check_opset(opset: int | None) -> None:
@@ -188,12 +188,12 @@ def _resolve_out(run_dir: str | os.PathLike[str], fmt: str,
     if out is None:
         return default_out(run_dir, fmt), None
     out = Path(out).expanduser()
-    suffix = {"onnx": ".onnx", "int8": ".onnx", "torchscript": ".pt",
-              "safetensors": ".safetensors"}.get(fmt)
-    if suffix is not None and out.suffix.lower() in (suffix, ".pth", ".ts") and not out.is_dir():
+    spec = REGISTRY.get(fmt)
+    if spec is not None and out.suffix.lower() in spec.suffixes and not out.is_dir():
         return out.parent, out.name
     if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file; give a folder (or a {suffix or ''} file name "
+        suffix = spec.suffixes[0] if spec is not None else ""
+        raise ExportError(f"--out {out} is a file; give a folder (or a {suffix} file name "
                           f"for a single format)")
     return out, None
 
@@ -205,78 +205,125 @@ def _new_report(run: _Run, fmt: str, out_dir: Path, images: _RunImages) -> Expor
                         0 if images.check is None else int(images.check.shape[0]))
 
 
-def _single(run: _Run, fmt: str, out_dir: Path, file_name: str | None, opset: int | None,
-            say: Progress) -> ExportReport:
-    say("reading validation images")
-    images = _run_images(run, CHECK_IMAGES, ACCURACY_IMAGES if fmt == "int8" else 0,
-                         CALIBRATION_IMAGES if fmt == "int8" else 0)
-    report = _new_report(run, fmt, out_dir, images)
-    name = file_name or FILE_NAMES[fmt]
-    size = int(run.preprocessing["crop"])
-    try:
-        if fmt == "safetensors":
-            say("writing safetensors")
-            report.results.append(export_safetensors(
-                run.model, out_dir / name, run.labels, run.preprocessing,
-                {"backbone": run.config.model.backbone}))
-        else:
-            check = make_check_set(run.model, size, images.check, images.note)
-            if fmt == "onnx":
-                say("exporting ONNX")
-                report.results.append(export_onnx(run.model, out_dir / name, size, run.labels,
-                                                  run.preprocessing, opset, check=check,
-                                                  metadata=_run_meta(run)))
-            elif fmt == "torchscript":
-                say("tracing TorchScript")
-                report.results.append(export_torchscript(run.model, out_dir / name, size,
-                                                         run.labels, run.preprocessing,
-                                                         check=check))
-            else:
-                with tempfile.TemporaryDirectory(prefix="studio-int8-") as tmp:
-                    say("exporting ONNX to quantize")
-                    fp32 = export_onnx(run.model, Path(tmp) / "model.onnx", size, run.labels,
-                                       run.preprocessing, opset, check=check,
-                                       metadata=_run_meta(run))
-                    say("quantizing to int8")
-                    report.results.append(_int8(run, fp32, out_dir / name, check, images))
-    except ExportError as error:
-        _fail(report, error)
-    _finish(report)
-    return report
+class _Job(NamedTuple):
+    """What every format's writer gets: the run, the check set, the images, the options."""
+
+    run: _Run
+    check: CheckSet | None
+    images: _RunImages
+    opset: int | None
+    metadata: dict[str, str]
+    say: Progress
 
 
-def _int8(run: _Run, fp32: FormatResult, target: Path, check: CheckSet,
-          images: _RunImages) -> FormatResult:
+def _write_onnx(job: _Job, target: Path) -> FormatResult:
+    job.say("exporting ONNX")
+    run = job.run
+    return export_onnx(run.model, target, int(run.preprocessing["crop"]), run.labels,
+                       run.preprocessing, job.opset, check=job.check, metadata=job.metadata)
+
+
+def _write_int8(job: _Job, target: Path, fp32: FormatResult | None = None) -> FormatResult:
+    """int8 quantizes an fp32 ONNX file: the bundle's own, else one made in a temp folder."""
+    if fp32 is None:
+        with tempfile.TemporaryDirectory(prefix="studio-int8-") as tmp:
+            job.say("exporting ONNX to quantize")
+            return _write_int8(job, target, _write_onnx(job, Path(tmp) / "model.onnx"))
+    job.say("quantizing to int8")
+    run, images = job.run, job.images
     source = next(f for f in fp32.files if f.suffix == ".onnx")
-    result = export_int8(source, target, run.labels, run.preprocessing, check=check,
+    result = export_int8(source, target, run.labels, run.preprocessing, check=job.check,
                          calibration=images.calibration, accuracy_images=images.accuracy,
                          accuracy_targets=images.accuracy_targets)
     result.details["fp32_exporter"] = fp32.exporter
     return result
 
 
-def _bundle(run: _Run, out_dir: Path, opset: int | None, say: Progress) -> ExportReport:
+def _write_torchscript(job: _Job, target: Path) -> FormatResult:
+    job.say("tracing TorchScript")
+    run = job.run
+    return export_torchscript(run.model, target, int(run.preprocessing["crop"]), run.labels,
+                              run.preprocessing, check=job.check)
+
+
+def _write_safetensors(job: _Job, target: Path) -> FormatResult:
+    job.say("writing safetensors")
+    run = job.run
+    return export_safetensors(run.model, target, run.labels, run.preprocessing,
+                              {"backbone": run.config.model.backbone})
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One format a run exports to: its default file name, the suffixes ``--out`` may name a
+    file with, and the function that writes and verifies it."""
+
+    name: str
+    file_name: str
+    suffixes: tuple[str, ...]
+    write: Callable[[_Job, Path], FormatResult]
+    needs_check: bool = True  # runs the model (safetensors is checked by reading it back)
+    int8_images: bool = False  # wants the int8 calibration and accuracy images
+
+
+REGISTRY: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("onnx", "model.onnx", (".onnx",), _write_onnx),
+    ExportFormat("int8", "model.int8.onnx", (".onnx",), _write_int8, int8_images=True),
+    ExportFormat("torchscript", "model.pt", (".pt", ".pth", ".ts"), _write_torchscript),
+    ExportFormat("safetensors", "model.safetensors", (".safetensors",), _write_safetensors,
+                 needs_check=False),
+)}
+FORMATS = (*REGISTRY, "bundle")
+FILE_NAMES = {name: spec.file_name for name, spec in REGISTRY.items()}
+
+
+def _calibrate(run: _Run, report: ExportReport, target_precision: float,
+               say: Progress) -> dict[str, str]:
+    """The run's metadata, with the temperature and unknown threshold fitted on its validation
+    split when it still has one (recorded in the report either way)."""
+    meta = _run_meta(run)
+    say("fitting the calibration on validation images")
+    calibration = fit_run_calibration(run, target_precision)
+    if calibration is not None:
+        report.calibration = calibration.export_metadata()
+        meta["calibration"] = json.dumps(report.calibration)
+    return meta
+
+
+def _single(run: _Run, fmt: str, out_dir: Path, file_name: str | None, opset: int | None,
+            say: Progress, target_precision: float) -> ExportReport:
+    spec = REGISTRY[fmt]
+    say("reading validation images")
+    images = _run_images(run, CHECK_IMAGES, ACCURACY_IMAGES if spec.int8_images else 0,
+                         CALIBRATION_IMAGES if spec.int8_images else 0)
+    report = _new_report(run, fmt, out_dir, images)
+    meta = _calibrate(run, report, target_precision, say) if spec.name in ("onnx", "int8") \
+        else _run_meta(run)
+    check = (make_check_set(run.model, int(run.preprocessing["crop"]), images.check,
+                            images.note) if spec.needs_check else None)
+    try:
+        report.results.append(spec.write(_Job(run, check, images, opset, meta, say),
+                                         out_dir / (file_name or spec.file_name)))
+    except ExportError as error:
+        _fail(report, error)
+    _finish(report)
+    return report
+
+
+def _bundle(run: _Run, out_dir: Path, opset: int | None, say: Progress,
+            target_precision: float) -> ExportReport:
     say("reading validation images")
     images = _run_images(run, CHECK_IMAGES, ACCURACY_IMAGES, CALIBRATION_IMAGES)
     report = _new_report(run, "bundle", out_dir, images)
-    size = int(run.preprocessing["crop"])
-    check = make_check_set(run.model, size, images.check, images.note)
+    meta = _calibrate(run, report, target_precision, say)
+    check = make_check_set(run.model, int(run.preprocessing["crop"]), images.check, images.note)
+    job = _Job(run, check, images, opset, meta, say)
     try:
-        say("exporting ONNX")
-        onnx_result = export_onnx(run.model, out_dir / FILE_NAMES["onnx"], size, run.labels,
-                                  run.preprocessing, opset, check=check, metadata=_run_meta(run))
+        onnx_result = _write_onnx(job, out_dir / FILE_NAMES["onnx"])
         report.results.append(onnx_result)
-        say("quantizing to int8")
-        report.results.append(_int8(run, onnx_result, out_dir / FILE_NAMES["int8"], check,
-                                    images))
-        say("tracing TorchScript")
-        report.results.append(export_torchscript(run.model, out_dir / FILE_NAMES["torchscript"],
-                                                 size, run.labels, run.preprocessing,
-                                                 check=check))
-        say("writing safetensors")
-        report.results.append(export_safetensors(
-            run.model, out_dir / FILE_NAMES["safetensors"], run.labels, run.preprocessing,
-            {"backbone": run.config.model.backbone}))
+        report.results.append(_write_int8(job, out_dir / FILE_NAMES["int8"], onnx_result))
+        for name in ("torchscript", "safetensors"):
+            report.results.append(REGISTRY[name].write(job, out_dir / FILE_NAMES[name]))
     except ExportError as error:
         _fail(report, error)
     atomic_write_text(out_dir / "config.toml", run.config_text)
@@ -284,7 +331,10 @@ def _bundle(run: _Run, out_dir: Path, opset: int | None, say: Progress) -> Expor
     if record is not None:  # how the model was made, for whoever receives the bundle
         atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2,
                                                            ensure_ascii=False) + "\n")
-    atomic_write_text(out_dir / "predict.py", PREDICT_PY)
+    if report.calibration is not None:
+        atomic_write_text(out_dir / "calibration.json",
+                          json.dumps(report.calibration, indent=2) + "\n")
+    atomic_write_text(out_dir / "predict.py", predict_py())
     atomic_write_text(out_dir / "README.md", model_card(run, report))
     _finish(report)
     return report
