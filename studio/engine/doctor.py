@@ -34,7 +34,7 @@ from studio.engine.data import DatasetScan, ProgressCallback, imbalance_warnings
 from studio.engine.images import MAX_ASPECT
 from studio.format import plural
 
-NEAR_THRESHOLD = 6  # pHash bits that may differ between near-duplicates (of 64)
+NEAR_THRESHOLD = 8  # pHash bits that may differ between near-duplicates (of 64)
 TINY_SIDE = 32  # pixels: a shorter side below this is a tiny image
 LABEL_CONFIDENCE = 0.6  # the other class's probability that makes a label suspect
 LABEL_GIVEN_MAX = 0.2  # ...while the given class gets at most this
@@ -443,14 +443,22 @@ def label_errors_from_run(run_dir: str | os.PathLike[str], scan: DatasetScan,
                           ) -> tuple[tuple[LabelIssue, ...], str | None]:
     """Suspected label errors among the run's validation images, or a note saying why none
     could be looked for (the run was trained on another folder, or holds no validation)."""
+    from studio.engine.config import RunConfig
     from studio.engine.evaluate import evaluate_run
+    from studio.engine.runs import RunPaths, data_root
 
-    evaluation = evaluate_run(run_dir, progress=progress)
     base = Path(scan.root)
-    if Path(evaluation.source).resolve() != base.resolve():
-        return (), (f"the run in {run_dir} was trained on {evaluation.source}, not on this "
-                    f"folder, so its predictions cannot point at label errors here; choose a "
-                    f"run trained on this folder")
+    paths = RunPaths(run_dir)
+    trained_on = ""
+    if paths.config.is_file():  # else evaluate_run below says what is wrong with the folder
+        trained_on = data_root(paths.config, RunConfig())
+    else:
+        evaluate_run(run_dir)
+    if not trained_on or Path(trained_on).expanduser().resolve() != base.resolve():
+        return (), (f"the run in {run_dir} was trained on {trained_on or 'another folder'}, "
+                    f"not on this folder, so its predictions cannot point at label errors "
+                    f"here; choose a run trained on this folder")
+    evaluation = evaluate_run(run_dir, progress=progress)
     if evaluation.split != "val":
         return (), (f"the run in {run_dir} held back no validation images, so it has no "
                     f"out-of-sample predictions to point at label errors; train with a "
