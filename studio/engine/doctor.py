@@ -386,24 +386,28 @@ def _relative(path: str, base: Path) -> str:
 
 def _summary_warnings(duplicates: int, near: int, leaks: int, conflicts: int,
                       odd: Sequence[OddImage]) -> list[str]:
+    def are(count: int) -> str:
+        return "is" if count == 1 else "are"
+
     notes = []
     if leaks:
-        notes.append(f"{plural(leaks, 'image')} (or near copies) appear in more than one split, "
-                     f"so validation partly measures memory; keep each image in one split")
+        notes.append(f"leaks: {plural(leaks, 'image')} {are(leaks)} in more than one split "
+                     f"(as copies or near copies), so validation partly measures memory; keep "
+                     f"each image in one split")
     if conflicts:
-        notes.append(f"{plural(conflicts, 'image')} (or near copies) are filed under more than "
-                     f"one class; keep each in its right class only")
+        notes.append(f"conflicts: {plural(conflicts, 'image')} {are(conflicts)} filed under "
+                     f"more than one class; keep each in its right class only")
     if duplicates:
-        notes.append(f"{plural(duplicates, 'group')} of files are exact duplicates")
+        notes.append(f"exact duplicates: {plural(duplicates, 'group')} of identical files")
     if near:
-        notes.append(f"{plural(near, 'group')} of images are near-duplicates")
+        notes.append(f"near-duplicates: {plural(near, 'group')} of nearly identical images")
     tiny = sum(1 for o in odd if o.reason == "tiny")
     if tiny:
-        notes.append(f"{plural(tiny, 'image')} smaller than {TINY_SIDE} pixels on a side will "
-                     f"be blown up a lot")
+        notes.append(f"{plural(tiny, 'image')} {are(tiny)} smaller than {TINY_SIDE} pixels on "
+                     f"a side and will be blown up a lot")
     if len(odd) - tiny:
-        notes.append(f"{plural(len(odd) - tiny, 'image')} more than {MAX_ASPECT:g} times longer "
-                     f"one way than the other are padded before resizing")
+        notes.append(f"{plural(len(odd) - tiny, 'image')} {are(len(odd) - tiny)} more than "
+                     f"{MAX_ASPECT:g} times longer one way than the other and will be padded")
     return notes
 
 
