@@ -111,8 +111,9 @@ class DoctorReport:
     conflicts: tuple[Conflict, ...] = ()
     odd_images: tuple[OddImage, ...] = ()
     suspected_label_errors: tuple[LabelIssue, ...] = ()
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # a sentence per kind found, then the notes
     classes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the findings do not say: imbalance, what was not checked
     near_method: str = ""  # "" when near-duplicates were not looked for
     label_method: str = ""  # "" without a run
     run_dir: str = ""
@@ -367,12 +368,12 @@ def diagnose(
         if label_note:
             notes.append(label_note)
 
-    notes.extend(_summary_warnings(len(duplicates), len(near), len(leaks), len(conflicts), odd))
     notes.extend(imbalance_warnings(scan.counts().get("train", {})))
+    found = _summary_warnings(len(duplicates), len(near), len(leaks), len(conflicts), odd)
     labels = {path: cls for path, _split, cls in where}
     return DoctorReport(
         str(base), n, tuple(duplicates), tuple(near), tuple(leaks), tuple(conflicts),
-        tuple(odd), issues, tuple(notes), scan.classes,
+        tuple(odd), issues, (*found, *notes), scan.classes, tuple(notes),
         NEAR_METHOD if have_phash else "", label_method,
         str(run_dir) if run_dir is not None else "", labels)
 

@@ -250,11 +250,14 @@ class DoctorView(QWidget):
             top.addChildren(children)
             self._tree.addTopLevelItem(top)
             top.setExpanded(bool(children) and len(children) <= 20)
+            for child in children:
+                child.setExpanded(top.isExpanded())
         count = report.findings
         self._summary.setText(
             f"{plural(report.images, 'image')} checked: {plural(count, 'finding')}"
-            + (". " + " ".join(sentence(w) for w in report.warnings) if report.warnings else
-               ". Nothing to fix."))
+            + (". Select images to relabel or remove them." if count else ". Nothing to fix.")
+            + "".join(f" {sentence(note)}" for note in report.notes))
+        self._summary.setToolTip("\n".join(sentence(w) for w in report.warnings))
         paths = list(self._items)[:MAX_THUMBNAILS]
         self._thumbnail_task.start(partial(load_thumbnails, [(p, p) for p in paths]))
         self._update_buttons()
@@ -266,7 +269,6 @@ class DoctorView(QWidget):
         for path in paths:
             group.addChild(self._file(path, report, report.labels.get(path, ""),
                                       (details or {}).get(path, "")))
-        group.setExpanded(True)
         return group
 
     def _file(self, path: str, report: DoctorReport, class_name: str,
