@@ -220,7 +220,11 @@ class Cleaner:
                     raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
                 shutil.move(src, dst)  # no hard links here: a rename, or copy and unlink
             else:
-                os.unlink(src)
+                try:
+                    os.unlink(src)
+                except OSError:
+                    os.unlink(dst)  # the second name we just made, never the file's first
+                    raise
         except OSError as error:
             raise _disk_error(error, f"moving {src} to {dst.parent}") from error
 

@@ -159,3 +159,23 @@ def test_a_refused_move_is_one_sentence_even_as_root(dataset: Path,
     assert str(caught.value).startswith(f"moving {dataset / 'cats/0.png'} to ")
     assert "permission was denied; make the dataset folder writable" in str(caught.value)
     assert tree_digest(dataset) == before
+
+
+def test_a_source_folder_that_refuses_the_unlink_keeps_one_copy(dataset: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """A read-only class folder moved out of: the new name is taken back, nothing doubles."""
+    import errno
+
+    real_unlink = os.unlink
+
+    def refuse_source(path: object, *args: object, **kwargs: object) -> None:
+        if Path(str(path)).parent.name == "cats":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    before = tree_digest(dataset)
+    monkeypatch.setattr(os, "unlink", refuse_source)
+    with pytest.raises(DiskError, match="permission was denied"):
+        Cleaner(dataset).relabel("cats/0.png", "dogs")
+    assert tree_digest(dataset) == before
