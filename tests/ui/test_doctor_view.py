@@ -105,6 +105,10 @@ def test_relabel_remove_and_undo_rescan_and_update_the_counts(qtbot, panel: Data
     assert panel.scan.counts()["train"] == {"a": 7, "b": 7, "c": 6}
     assert not conflict.font(0).strikeOut() and conflict.text(2) == ""
 
+    with qtbot.waitSignal(panel.scan_finished, timeout=TIMEOUT):
+        panel.findChild(object, "rescan_button").click()  # the folder may have changed
+    assert view.report is None
+
 
 def test_a_failed_relabel_is_one_sentence_under_the_list(qtbot, panel: DatasetPanel,
                                                          planted: Path) -> None:

@@ -57,6 +57,7 @@ class DoctorView(QWidget):
         self._report: DoctorReport | None = None
         self._run_dir = ""
         self._done: dict[str, str] = {}  # absolute path of a listed file -> what became of it
+        self._own_rescan = False  # the next scan follows our own change: keep the findings
         self._items: dict[str, list[QTreeWidgetItem]] = {}
 
         self._check_button = QPushButton("Check dataset")
@@ -146,12 +147,15 @@ class DoctorView(QWidget):
         return self._task.running
 
     def set_scan(self, scan: DatasetScan | None) -> None:
-        """The dataset to check; a rescan of the same folder keeps the findings shown."""
+        """The dataset to check. The rescan after a relabel, remove or undo here keeps the
+        findings (marked as done); any other scan clears them, as they may no longer hold."""
         same = scan is not None and self._scan is not None and scan.root == self._scan.root
+        keep, self._own_rescan = same and self._own_rescan, False
         self._scan = scan
-        if not same:
+        if not keep:
             self._report = None
             self._done.clear()
+            self._items = {}
             self._tree.clear()
             self._summary.setText("Check the dataset for duplicates, leaks and conflicts.")
         self._update_buttons()
@@ -309,6 +313,7 @@ class DoctorView(QWidget):
                 self._done[str(root / change.source)] = "removed (in .studio-trash)"
         self._mark_done()
         self._update_buttons()
+        self._own_rescan = True
         self.dataset_changed.emit(changes)
 
     def _mark_done(self) -> None:
