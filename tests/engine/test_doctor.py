@@ -112,3 +112,14 @@ def test_a_run_of_another_folder_gives_a_note_not_label_errors(planted: Path,
     report = diagnose(planted, run_dir=trained_run)
     assert report.suspected_label_errors == ()
     assert any("not on this folder" in w for w in report.warnings)
+
+
+def test_without_imagehash_exact_findings_stay_and_a_note_says_what_is_missing(
+        planted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import studio.engine.doctor as doctor
+
+    monkeypatch.setattr(doctor, "_phash_function", lambda: None)
+    report = doctor.diagnose(planted)
+    assert report.near_duplicates == () and report.near_method == ""
+    assert len(report.duplicates) == 3 and len(report.leaks) == 1
+    assert any("install the imagehash package" in note for note in report.notes)
