@@ -1,8 +1,9 @@
 """The command line: a thin face on the engine.
 
-``studio scan`` and ``studio models`` describe data and backbones; ``train`` (cli/train.py,
-with cli/launch.py for several processes), ``eval``, ``predict`` and ``export`` (cli/evaluate.py)
-run the engine. Every error a user can cause ends in one sentence and a non-zero exit.
+``studio scan`` and ``studio models`` describe data and backbones, ``doctor`` and ``clean``
+(cli/data.py) check and fix a dataset; ``train`` (cli/train.py, with cli/launch.py for several
+processes), ``eval``, ``predict`` and ``export`` (cli/evaluate.py) run the engine. Every error a
+user can cause ends in one sentence and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from studio import __version__
 from studio.cli.common import EXIT_ERROR, EXIT_OK, Progress
+from studio.cli.data import add_data_parsers
 from studio.cli.evaluate import add_eval_parsers, add_export_parser
 from studio.cli.runs import add_runs_parser
 from studio.cli.train import add_train_parser
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     scan.add_argument("--json", action="store_true", help="print one JSON object")
     scan.set_defaults(handler=_cmd_scan)
+    add_data_parsers(commands)
 
     add_train_parser(commands)
     add_export_parser(commands)

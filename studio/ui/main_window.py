@@ -334,12 +334,14 @@ class MainWindow(ProjectFiles, QMainWindow):
         if run_has_checkpoint(result.run_dir):
             self.evaluate_panel.set_run_dir(result.run_dir)
             self.export_panel.set_run_dir(result.run_dir)
+            self.dataset_panel.set_doctor_run(result.run_dir)
 
     # -- the Runs page --------------------------------------------------------------------
 
     @Slot(str)
     def _on_runs_panel_evaluate_requested(self, run_dir: str) -> None:
         self.evaluate_panel.set_run_dir(run_dir)
+        self.dataset_panel.set_doctor_run(run_dir)
         self.steps.setCurrentRow(self.PAGES.index("Evaluate"))
 
     @Slot(str)

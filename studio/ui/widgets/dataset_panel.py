@@ -1,9 +1,11 @@
 """DatasetPanel: choose an image folder, scan it in the background, and show what is in it.
 
 The scan (engine ``scan_folder``) runs in the thread pool through BackgroundTask, whose results
-arrive on the GUI thread; ScanView (dataset_views.py) shows what it found. The RunConfig stays
-the source of truth: the panel writes ``data.*`` through the ProjectModel and rescans when the
-folder, the validation fraction or the seed in the config no longer match what it shows.
+arrive on the GUI thread; ScanView (dataset_views.py) shows what it found, and its Check tab
+(doctor_view.py) what is wrong with it: a relabel or remove there rescans the folder. The
+RunConfig stays the source of truth: the panel writes ``data.*`` through the ProjectModel and
+rescans when the folder, the validation fraction or the seed in the config no longer match what
+it shows.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from studio.ui.project import ProjectModel
 from studio.ui.tasks import BackgroundTask
 from studio.ui.text import sentence
 from studio.ui.widgets.dataset_views import ERROR_COLOR, ScanView
+from studio.ui.widgets.doctor_view import DoctorView
 
 RESCAN_DELAY_MS = 300  # a val-fraction spin settles before the folder is scanned again
 
@@ -87,6 +90,7 @@ class DatasetPanel(QWidget):
 
         self._build_controls()
         self._results_page = ScanView()
+        self._results_page.doctor_view.dataset_changed.connect(self._on_doctor_dataset_changed)
         self._build_empty_state()
         self._stack = QStackedWidget()
         self._stack.addWidget(self._empty_page)
@@ -223,6 +227,19 @@ class DatasetPanel(QWidget):
         self._folder_edit.setText(root)
         config = self._project.config
         self._start_scan((root, config.data.val_fraction, config.train.seed))
+
+    @property
+    def doctor_view(self) -> DoctorView:
+        """The Check tab: the doctor's findings and the relabel/remove/undo actions."""
+        return self._results_page.doctor_view
+
+    def set_doctor_run(self, run_dir: str) -> None:
+        """The run whose validation predictions the Check tab uses for label errors."""
+        self._results_page.doctor_view.set_run(run_dir)
+
+    def _on_doctor_dataset_changed(self, _changes: object) -> None:
+        if self._shown_scan is not None:  # files moved: the counts follow
+            self.load_folder(self._shown_scan.root)
 
     # -- scanning ---------------------------------------------------------------------------
 

@@ -156,9 +156,15 @@ class ScanView(QWidget):
         self._thumbnail_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self._thumbnail_list.setToolTip("A few training images of every class")
 
+        from studio.ui.widgets.doctor_view import DoctorView  # it imports this module
+
+        self.doctor_view = DoctorView()
         self._details = QTabWidget()
         self._details.addTab(self._thumbnail_list, "Examples")
         self._details.addTab(self._skipped_tree, "Skipped files")
+        self._details.addTab(self.doctor_view, "Check")
+        self._details.setTabToolTip(2, "Duplicates, leaks between splits, conflicts between "
+                                       "classes, odd images; relabel or remove them")
 
         left = QSplitter(Qt.Orientation.Vertical)
         left.addWidget(self._class_table)
@@ -191,7 +197,8 @@ class ScanView(QWidget):
                              ("class_chart", self._chart),
                              ("warning_list", self._warning_list),
                              ("skipped_files", self._skipped_tree),
-                             ("thumbnail_list", self._thumbnail_list)):
+                             ("thumbnail_list", self._thumbnail_list),
+                             ("details_tabs", self._details)):
             widget.setObjectName(name)
 
     def show_scan(self, scan: DatasetScan) -> None:
@@ -201,6 +208,7 @@ class ScanView(QWidget):
         self._fill_chart(scan, counts.get("train", {}))
         self._fill_warnings(scan)
         self._fill_skipped(scan)
+        self.doctor_view.set_scan(scan)
         self._thumbnail_list.clear()
         self._details.setTabText(0, "Examples (loading…)")
         self._thumbnail_task.start(partial(load_thumbnails, thumbnail_samples(scan)))
