@@ -124,6 +124,24 @@ def test_thumbnails_arrive_labelled_by_class(qtbot, panel, dataset) -> None:
     assert all(not thumbnails.item(i).icon().isNull() for i in range(thumbnails.count()))
 
 
+def test_an_example_relabelled_from_its_menu_moves_and_the_counts_follow(
+        qtbot, panel, project, dataset) -> None:
+    load(qtbot, panel, dataset)
+    thumbnails = child(panel, QListWidget, "thumbnail_list")
+    qtbot.waitUntil(lambda: thumbnails.count() == 10, timeout=SCAN_TIMEOUT)
+    item = thumbnails.item(0)  # an apple
+    source = Path(item.toolTip())
+    menu = panel._results_page.example_menu(item)
+    relabel = next(a for a in menu.actions() if a.text() == "&Relabel as").menu()
+    banana = next(a for a in relabel.actions() if a.text() == "banana")
+    with qtbot.waitSignal(panel.scan_finished, timeout=SCAN_TIMEOUT) as blocker:
+        banana.trigger()
+    assert not source.exists() and (dataset / "banana" / source.name).is_file()
+    counts = blocker.args[0].counts()
+    assert sum(counts[split]["banana"] for split in counts) == 9  # rescanned: 8 + 1
+    assert (dataset / ".studio-journal.jsonl").is_file()  # undo is one command away
+
+
 def test_bad_folder_says_why_and_keeps_the_previous_scan(qtbot, panel, project, dataset,
                                                          tmp_path) -> None:
     scan = load(qtbot, panel, dataset)

@@ -91,6 +91,8 @@ class DatasetPanel(QWidget):
         self._build_controls()
         self._results_page = ScanView()
         self._results_page.doctor_view.dataset_changed.connect(self._on_doctor_dataset_changed)
+        self._results_page.files_changed.connect(self._on_doctor_dataset_changed)
+        self._results_page.cleaning_failed.connect(self._on_results_page_cleaning_failed)
         self._build_empty_state()
         self._stack = QStackedWidget()
         self._stack.addWidget(self._empty_page)
@@ -305,6 +307,9 @@ class DatasetPanel(QWidget):
         self._stack.setCurrentWidget(self._results_page)
         self._rescan_button.setEnabled(True)
         self._folder_edit.setText(scan.root)
+
+    def _on_results_page_cleaning_failed(self, message: str) -> None:
+        self._show_message(sentence(message))
 
     def _show_message(self, text: str) -> None:
         self._message.setText(text)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QSize, Qt
+from PySide6.QtCore import QEvent, QPoint, QSize, Qt, Signal
 from PySide6.QtGui import QFontMetrics, QIcon, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QListView,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QSplitter,
     QStyle,
     QTableWidget,
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.engine.data import IMBALANCE_RATIO, DatasetScan
+from studio.ui.cleaning import add_cleaning_actions
 from studio.ui.tasks import BackgroundTask
 from studio.ui.text import sentence
 from studio.ui.thumbnails import Thumbnail, make_thumbnail, thumbnail_pixmap
@@ -101,6 +103,9 @@ class ClassAxis(pg.AxisItem):
 class ScanView(QWidget):
     """One scan's results; :meth:`show_scan` fills every part and starts the examples."""
 
+    files_changed = Signal(object)  # list[Change]: an example was relabelled or removed
+    cleaning_failed = Signal(str)  # the sentence of why not
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._summary = QLabel()
@@ -154,7 +159,12 @@ class ScanView(QWidget):
         self._thumbnail_list.setMovement(QListView.Movement.Static)
         self._thumbnail_list.setUniformItemSizes(True)
         self._thumbnail_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self._thumbnail_list.setToolTip("A few training images of every class")
+        self._thumbnail_list.setToolTip("A few training images of every class; right-click "
+                                        "one to relabel or remove it")
+        self._thumbnail_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self._thumbnail_list.customContextMenuRequested.connect(
+            self._on_thumbnail_list_context_menu_requested)
+        self._scan: DatasetScan | None = None
 
         from studio.ui.widgets.doctor_view import DoctorView  # it imports this module
 
@@ -202,6 +212,7 @@ class ScanView(QWidget):
             widget.setObjectName(name)
 
     def show_scan(self, scan: DatasetScan) -> None:
+        self._scan = scan
         counts = scan.counts()
         self._summary.setText(_summary_text(scan, counts))
         self._fill_class_table(scan, counts)
@@ -316,6 +327,22 @@ class ScanView(QWidget):
         self._details.setTabText(0, "Examples")
         item = QListWidgetItem(sentence(f"no examples to show: {message}"))
         self._thumbnail_list.addItem(item)
+
+    def example_menu(self, item: QListWidgetItem) -> QMenu | None:
+        """Relabel or remove one example (the cleaner; undo on the Check tab or with
+        ``studio clean --undo``)."""
+        if self._scan is None or not item.toolTip():
+            return None
+        menu = QMenu(self)
+        add_cleaning_actions(menu, self._scan.root, [item.toolTip()], self._scan.classes,
+                             changed=self.files_changed.emit, failed=self.cleaning_failed.emit)
+        return menu
+
+    def _on_thumbnail_list_context_menu_requested(self, position: QPoint) -> None:
+        item = self._thumbnail_list.itemAt(position)
+        menu = self.example_menu(item) if item is not None else None
+        if menu is not None:
+            menu.exec(self._thumbnail_list.viewport().mapToGlobal(position))
 
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
