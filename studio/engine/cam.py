@@ -131,21 +131,28 @@ RESHAPES = {"none": None, "tokens": _tokens_to_grid, "channels_last": _channels_
 def class_activation_map(model: nn.Module, batch: torch.Tensor, class_index: int,
                          target: CamTarget) -> np.ndarray:
     """Grad-CAM of ``class_index`` for one preprocessed image (1, 3, H, W): float32 (H, W) in
-    [0, 1] (all zeros where nothing raised the class). The model is put in eval mode."""
+    [0, 1] (all zeros where nothing raised the class). The model is put in eval mode; its
+    parameters' ``requires_grad`` is switched off meanwhile, and restored."""
     require_grad_cam()
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     layer = find_module(model, target.layer)
-    # fp32 and an input that requires grad: with frozen parameters the target layer's output
-    # would otherwise have no gradient to record
+    # fp32, and the gradient flows from the input rather than the weights: a frozen model's
+    # target layer still gets one, and no weight gradient is computed (or left behind)
     device = next(model.parameters()).device
     x = batch.detach().to(device=device, dtype=torch.float32).requires_grad_(True)
-    with torch.inference_mode(False), torch.enable_grad(), \
-            GradCAM(model=model, target_layers=[layer],
-                    reshape_transform=RESHAPES[target.reshape]) as cam:
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])
-    model.zero_grad(set_to_none=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.inference_mode(False), torch.enable_grad(), \
+                GradCAM(model=model, target_layers=[layer],
+                        reshape_transform=RESHAPES[target.reshape]) as cam:
+            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     return np.clip(np.asarray(maps[0], dtype=np.float32), 0.0, 1.0)
 
 

@@ -136,3 +136,12 @@ def test_explainer_maps_a_trained_runs_images(trained_run: Path) -> None:
         explainer.explain(trained_run / "missing.png")
     # a prediction after a map: the hooks are gone, the answer unchanged
     assert predictor.predict(image).top[0][0] == predicted.predicted
+
+
+def test_a_map_leaves_no_gradients_and_restores_requires_grad() -> None:
+    model = build_model(ModelConfig(backbone="resnet18", weights="none"), 3).model
+    frozen = model.fc.weight
+    frozen.requires_grad_(False)
+    class_activation_map(model, torch.randn(1, 3, 64, 64), 0, target_for(model, "resnet"))
+    assert all(p.grad is None for p in model.parameters())
+    assert not frozen.requires_grad and model.layer1[0].conv1.weight.requires_grad
