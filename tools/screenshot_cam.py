@@ -3,7 +3,7 @@
     python tools/screenshot_cam.py [OUT_DIR]     # default docs/screenshots
 
 It trains one short run on the bundled sample with ``studio train`` (resnet18 from scratch at
-96 px, 5 epochs: a few minutes on the 2-core development machine; at the 32 px of the other
+128 px, 6 epochs: under a minute on the 2-core development machine; at the 32 px of the other
 screenshots resnet18's last stage is a single cell, and its map would be one flat colour), then
 opens the window on it, evaluates, shows the top losses with "Show CAM" on for the predicted
 class, and saves the window. Needs the grad-cam package. Look at the picture: a person will.
@@ -18,17 +18,18 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TOOLS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TOOLS.parent), str(TOOLS)]  # this checkout's studio, and screenshots.py
 
 from screenshots import _settle, _wait  # noqa: E402 - after the platform is chosen
 
 
 def train_run(root: Path) -> Path:
-    out = root / "resnet18-96px"
+    out = root / "resnet18-128px"
     env = {**os.environ, "STUDIO_RUNS_DIR": str(root)}
     subprocess.run([sys.executable, "-m", "studio", "train", "--sample", "--backbone",
-                    "resnet18", "--weights", "none", "--image-size", "96", "--epochs", "5",
-                    "--base-lr", "0.003", "--out", str(out)], check=True, env=env)
+                    "resnet18", "--weights", "none", "--image-size", "128", "--epochs", "6",
+                    "--base-lr", "0.003", "--out", str(out)], check=True, env=env, cwd=TOOLS.parent)
     return out
 
 

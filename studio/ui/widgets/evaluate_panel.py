@@ -4,6 +4,12 @@ Evaluate runs a checkpoint over the run's validation images (or another folder o
 classes) in the thread pool, once; every view here reads the resulting ``Evaluation``: the
 summary, a confusion-matrix heatmap (click a cell to see its images), per-class metrics sortable
 by any column, the top losses, and single-image predictions ("Predict an image…" or a drop).
+"Show CAM" colours the gallery and the predicted image by Grad-CAM (evaluate_cam.py).
+
+The parts live beside it: MatrixPane (evaluate_matrix.py), the gallery's model
+(ui/models/gallery.py), the prediction view (evaluate_views.py), single-image predictions
+(evaluate_predict.py), and the loaded models (ui/predictors.py). The right side is a tab per
+view of the evaluation, so a new view is one more tab.
 """
 
 from __future__ import annotations
@@ -65,7 +71,6 @@ from studio.ui.widgets.export_panel import run_has_checkpoint
 
 EMPTY_SUMMARY = ("Evaluate a run to see its accuracy, where it confuses classes and the "
                  "images it gets most wrong.")
-
 
 
 # ---------------------------------------------------------------------------------------------
