@@ -133,6 +133,13 @@ def class_activation_map(model: nn.Module, batch: torch.Tensor, class_index: int
     """Grad-CAM of ``class_index`` for one preprocessed image (1, 3, H, W): float32 (H, W) in
     [0, 1] (all zeros where nothing raised the class). The model is put in eval mode; its
     parameters' ``requires_grad`` is switched off meanwhile, and restored."""
+    return _grad_cam(model, batch, class_index, target)[0]
+
+
+def _grad_cam(model: nn.Module, batch: torch.Tensor, class_index: int | None,
+              target: CamTarget) -> tuple[np.ndarray, torch.Tensor]:
+    """The map of ``class_index`` (None: the highest-scoring class) and the logits (C,) of the
+    same forward pass."""
     require_grad_cam()
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -142,6 +149,7 @@ def class_activation_map(model: nn.Module, batch: torch.Tensor, class_index: int
     # target layer still gets one, and no weight gradient is computed (or left behind)
     device = next(model.parameters()).device
     x = batch.detach().to(device=device, dtype=torch.float32).requires_grad_(True)
+    targets = None if class_index is None else [ClassifierOutputTarget(int(class_index))]
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
         for p in trainable:
@@ -149,11 +157,12 @@ def class_activation_map(model: nn.Module, batch: torch.Tensor, class_index: int
         with torch.inference_mode(False), torch.enable_grad(), \
                 GradCAM(model=model, target_layers=[layer],
                         reshape_transform=RESHAPES[target.reshape]) as cam:
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])
+            maps = cam(input_tensor=x, targets=targets)
+            logits = cam.outputs[0].detach().float().cpu()
     finally:
         for p in trainable:
             p.requires_grad_(True)
-    return np.clip(np.asarray(maps[0], dtype=np.float32), 0.0, 1.0)
+    return np.clip(np.asarray(maps[0], dtype=np.float32), 0.0, 1.0), logits
 
 
 def _jet(heat: np.ndarray) -> np.ndarray:
@@ -236,13 +245,11 @@ class Explainer:
             image = step(image)
         seen = np.asarray(image.convert("RGB"), dtype=np.uint8)
         batch = T.Compose([T.ToImage(), *self._tail])(image).unsqueeze(0)
-        predictor = self.predictor
-        with predictor.lock:
-            model = predictor.model
-            with torch.inference_mode():
-                probs = torch.softmax(model(batch.to(predictor.device)).float(), dim=1)[0].cpu()
-            predicted = int(probs.argmax())
-            index = predicted if class_name is None else self.class_index(class_name)
-            heat = class_activation_map(model, batch, index, self.target)
+        wanted = None if class_name is None else self.class_index(class_name)
+        with self.predictor.lock:  # one pass: the map, and the probabilities it explains
+            heat, logits = _grad_cam(self.predictor.model, batch, wanted, self.target)
+        probs = torch.softmax(logits, dim=0)
+        predicted = int(probs.argmax())
+        index = predicted if wanted is None else wanted
         return Explanation(str(path), index, self.labels[index], self.labels[predicted],
                            float(probs[index]), seen, heat)

@@ -125,3 +125,27 @@ def test_a_run_that_cannot_be_loaded_is_one_sentence(panel, qtbot, tmp_path: Pat
         panel.gallery_model.index(0, 0).data(Qt.ItemDataRole.DecorationRole)
     assert "No class-activation map could be made" in panel.status_label.text()
     assert "does not exist" in panel.status_label.text()
+
+
+def test_the_predictor_cache_keys_by_the_checkpoint_the_engine_names(trained_run: Path,
+                                                                      tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from studio.engine.runs import RunPaths
+    from studio.ui.predictors import PredictorCache
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cache = PredictorCache(keep=2, device="cpu")
+    assert not cache.loaded(str(run), "best")
+    first = cache.predictor(str(run), "best")
+    assert cache.loaded(str(run), "best") and cache.predictor(str(run), "best") is first
+    assert cache.explainer(str(run), "best") is cache.explainer(str(run), "best")
+    best = RunPaths(run).checkpoint("best")
+    stamp = best.stat().st_mtime_ns + 10**9
+    os.utime(best, ns=(stamp, stamp))  # a resumed run rewrote it
+    assert not cache.loaded(str(run), "best")
+    assert cache.predictor(str(run), "best") is not first
+    cache.predictor(str(run), "last")
+    assert len(cache) == 2  # the oldest, the checkpoint before it was rewritten, went
