@@ -1,7 +1,7 @@
 """Single-image predictions on the Evaluate page: "Predict an image…", a dropped file or folder,
-and the models kept loaded for them. A mixin of EvaluatePanel (it uses the panel's run line,
-checkpoint box, tabs, prediction view, predict task and message line), kept apart so the
-panel's file stays about evaluating a run.
+with the models the page's PredictorCache (ui/predictors.py) keeps loaded. A mixin of
+EvaluatePanel (it uses the panel's run line, checkpoint box, tabs, prediction view, predict task
+and message line), kept apart so the panel's file stays about evaluating a run.
 """
 
 from __future__ import annotations
