@@ -95,6 +95,53 @@ def test_predict_prints_top3_per_image_and_fails_for_a_bad_file(
     assert "error" in data["predictions"][1]
 
 
+def test_predict_cam_writes_an_overlay_per_image(trained_run: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pytorch_grad_cam")
+    folder = tmp_path / "green"  # a class of the run: the true class of what is in it
+    folder.mkdir()
+    red, green = tmp_path / "a.png", folder / "b.png"
+    Image.new("RGB", (20, 20), (220, 30, 30)).save(red)
+    Image.new("RGB", (20, 20), (30, 200, 40)).save(green)
+    out_dir = tmp_path / "cams"
+    code, out, _ = run_cli(capsys, "predict", str(trained_run), str(red), str(green),
+                           "--cam", str(out_dir))
+    assert code == 0
+    assert f"Class-activation maps: 2 in {out_dir}" in out
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a-red-cam.png", "b-green-cam.png",
+                                                        "cam.json"]
+    with Image.open(out_dir / "a-red-cam.png") as image:
+        assert image.mode == "RGB" and image.size == (32, 32)  # what the model saw
+    listing = json.loads((out_dir / "cam.json").read_text())
+    assert [m["class"] for m in listing["maps"]] == ["red", "green"]
+    assert listing["maps"][0]["explains"] == "predicted"
+
+    true_dir = tmp_path / "true"
+    code, out, err = run_cli(capsys, "predict", str(trained_run), str(red), str(green),
+                             "--cam", str(true_dir), "--cam-class", "true", "--json")
+    assert code == 0
+    assert "a.png is in no folder named after a class" in err
+    data = json.loads(out)
+    assert data["predictions"][0]["cam"] is None
+    assert data["predictions"][1]["cam"]["file"] == "b-green-cam.png"
+    assert [p.name for p in true_dir.glob("*.png")] == ["b-green-cam.png"]
+
+
+def test_predict_cam_without_grad_cam_says_what_to_install(
+        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import studio.engine.cam as cam
+
+    monkeypatch.setattr(cam, "grad_cam_installed", lambda: False)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (220, 30, 30)).save(image)
+    code, _, err = run_cli(capsys, "predict", str(trained_run), str(image), "--cam",
+                           str(tmp_path / "cams"))
+    assert code == 1
+    assert "pip install 'finetune-studio[explain]'" in err and err.count("\n") == 1
+    assert not (tmp_path / "cams").exists()
+
+
 def test_train_find_lr_prints_a_suggestion_and_writes_nothing(
         tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

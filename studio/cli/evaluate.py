@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from studio.cli.common import EXIT_ERROR, EXIT_OK, Progress
+from studio.engine.errors import DiskError, explain_os_error
 
 EXPORT_FORMATS = ("onnx", "int8", "torchscript", "safetensors", "bundle")  # export.FORMATS
 
@@ -111,6 +113,15 @@ def add_eval_parsers(commands: Any) -> None:
                          help="which checkpoint of the run (default best)")
     predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
+    predict.add_argument("--cam", metavar="OUT_DIR",
+                         help="also write a Grad-CAM overlay of each image to OUT_DIR "
+                              "(IMAGE-CLASS-cam.png, with cam.json listing them; needs "
+                              "pip install 'finetune-studio[explain]')")
+    predict.add_argument("--cam-class", choices=["predicted", "true"], default="predicted",
+                         help="the class the map explains: predicted (default), or true: the "
+                              "image's parent folder when it is a class of the run")
+    predict.add_argument("--cam-opacity", type=float, default=0.5, metavar="A",
+                         help="how strongly the map covers the image, 0 to 1 (default 0.5)")
     predict.set_defaults(handler=_cmd_predict)
 
 
@@ -143,23 +154,111 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1; got {args.top}")
+    if not 0.0 <= args.cam_opacity <= 1.0:
+        raise ConfigError(f"--cam-opacity must be between 0 and 1; got {args.cam_opacity}")
+    if args.cam is not None:
+        from studio.engine.cam import require_grad_cam
+
+        require_grad_cam()  # before the model loads: say what to install at once
     predictor = Predictor(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    cams = CamWriter(predictor, args.cam, args.cam_class, args.cam_opacity) if args.cam else None
     results, failed = [], 0
     for path in args.images:
         try:
             prediction = predictor.predict(path, k=args.top)
+            entry = prediction.to_json()
+            if cams is not None:
+                entry["cam"] = cams.write(path)
         except DatasetError as error:
             failed += 1
             print(f"error: {error}", file=sys.stderr)
             results.append({"path": path, "error": str(error)})
             continue
-        results.append(prediction.to_json())
+        results.append(entry)
         if not args.json:
             ranked = "  ".join(f"{name} {probability:.1%}" for name, probability in prediction.top)
             print(f"{path}: {ranked}")
+    if cams is not None:
+        cams.finish()
+        if not args.json:
+            print(f"Class-activation maps: {cams.written} in {cams.out_dir}")
     if args.json:
         print(json.dumps({"labels": predictor.labels, "predictions": results}, indent=2,
                          ensure_ascii=False))
     return EXIT_ERROR if failed else EXIT_OK
 
 
+class CamWriter:
+    """``studio predict --cam``: one overlay PNG per image, and cam.json saying which class each
+    map explains. The true class is the image's parent folder, when that is a class."""
+
+    def __init__(self, predictor: Any, out_dir: str, which: str, opacity: float) -> None:
+        from studio.engine.cam import Explainer
+
+        self.explainer = Explainer(predictor)
+        self.out_dir = Path(out_dir)
+        self.which, self.opacity = which, opacity
+        self.entries: list[dict[str, Any]] = []
+        self.written = 0
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DiskError(f"the folder {self.out_dir} cannot be created "
+                            f"({explain_os_error(error)[0]}); choose another --cam folder"
+                            ) from error
+
+    def write(self, path: str) -> dict[str, Any] | None:
+        """The map of one image, written; None (and a note) when its true class is unknown."""
+        class_name = None
+        if self.which == "true":
+            class_name = Path(path).parent.name
+            if class_name not in self.explainer.labels:
+                print(f"note: {path} is in no folder named after a class of the run, so no map "
+                      f"of its true class is written", file=sys.stderr)
+                return None
+        explanation = self.explainer.explain(path, class_name)
+        name = self._free_name(f"{Path(path).stem}-{_safe(explanation.label)}-cam.png")
+        target = self.out_dir / name
+        _save_png(explanation.overlay(self.opacity), target)
+        entry = {**explanation.to_json(), "explains": self.which, "file": name}
+        self.entries.append(entry)
+        self.written += 1
+        return entry
+
+    def finish(self) -> None:
+        from studio.engine.config_io import atomic_write_text
+
+        atomic_write_text(self.out_dir / "cam.json",
+                          json.dumps({"opacity": self.opacity, "maps": self.entries}, indent=2,
+                                     ensure_ascii=False) + "\n")
+
+    def _free_name(self, name: str) -> str:
+        """Two images of one stem (a/x.png, b/x.png) do not overwrite each other's map."""
+        taken = {entry["file"] for entry in self.entries}
+        stem, n, candidate = name[:-len("-cam.png")], 1, name
+        while candidate in taken:
+            n += 1
+            candidate = f"{stem}-{n}-cam.png"
+        return candidate
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _save_png(pixels: Any, target: Path) -> None:
+    """Written atomically: a temporary file beside it, then renamed."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    handle, temporary = tempfile.mkstemp(suffix=".png", dir=target.parent)
+    os.close(handle)
+    try:
+        Image.fromarray(pixels, "RGB").save(temporary, format="PNG")
+        os.replace(temporary, target)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise DiskError(f"{target} cannot be written ({explain_os_error(error)[0]}); choose "
+                        f"another --cam folder") from error

@@ -37,7 +37,7 @@ from studio.engine.metrics import (  # noqa: F401 - also imported from here by c
     confusion_matrix,
     per_class_metrics,
 )
-from studio.engine.runs import OpenedRun, open_run
+from studio.engine.runs import OpenedRun, checkpoint_identity, open_run
 
 SPLITS = ("auto", "val", "test", "train", "all")
 TOP_LOSSES = 24  # images listed by loss in the report
@@ -372,6 +372,17 @@ class ImagePrediction:
         return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.top]}
 
 
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """One image file, RGB; a missing or unreadable file is a DatasetError (one sentence)."""
+    try:
+        return load_image(path)
+    except FileNotFoundError as error:
+        raise DatasetError(f"{path} does not exist; pass the path of an image file") from error
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"{path} cannot be read as an image ({error}); pass a JPEG, "
+                           f"PNG or another format Pillow opens") from error
+
+
 class Predictor:
     """A run's model loaded once, answering for image files with the run's preprocessing."""
 
@@ -384,22 +395,16 @@ class Predictor:
         self.device = pick_device(device)
         self.model = self.run.model.to(self.device).eval()
         self.transform = build_transforms(self.run.prep())
+        self.identity = checkpoint_identity(run_dir, checkpoint)  # what a cache keys it by
+        self.lock = threading.Lock()  # one forward at a time: Grad-CAM hooks the model
 
     def predict(self, path: str | os.PathLike[str], k: int = 5) -> ImagePrediction:
         """Top-``k`` classes of one image file; a file that is no image is a DatasetError."""
-        try:
-            image = load_image(path)
-        except FileNotFoundError as error:
-            raise DatasetError(f"{path} does not exist; pass the path of an image file") \
-                from error
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise DatasetError(f"{path} cannot be read as an image ({error}); pass a JPEG, "
-                               f"PNG or another format Pillow opens") from error
-        return self.predict_image(image, str(path), k)
+        return self.predict_image(read_image(path), str(path), k)
 
     def predict_image(self, image: Image.Image, name: str = "", k: int = 5) -> ImagePrediction:
         batch = self.transform(image).unsqueeze(0).to(self.device)
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             probs = torch.softmax(self.model(batch).float(), dim=1)[0].cpu()
         k = max(1, min(k, len(self.labels)))
         values, indices = probs.topk(k)

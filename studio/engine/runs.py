@@ -79,6 +79,20 @@ class RunPaths:
         return self.best.is_file() or self.last.is_file()
 
 
+CheckpointIdentity = tuple[str, str, int]  # (resolved run folder, best|last, file mtime in ns)
+
+
+def checkpoint_identity(run_dir: str | os.PathLike[str], checkpoint: str) -> CheckpointIdentity:
+    """What tells one loaded checkpoint from another: a checkpoint rewritten since (a resumed
+    run) is a different one. Caches of loaded models key by this, not by paths of their own."""
+    path = RunPaths(run_dir).checkpoint(checkpoint)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    return str(Path(run_dir).resolve()), checkpoint, stamp
+
+
 def default_runs_root() -> Path:
     """Where new runs go when no folder is given, for the app and the CLI alike:
     ``$STUDIO_RUNS_DIR``, else ``runs`` in the user data folder

@@ -9,7 +9,7 @@ keeps them for the next cell. Until a thumbnail arrives the item shows a blank t
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -41,6 +41,8 @@ PATH_ROLE = Qt.ItemDataRole.UserRole + 1  # str
 RESULT_ROLE = Qt.ItemDataRole.UserRole + 2  # ImageResult
 LOADED_ROLE = Qt.ItemDataRole.UserRole + 3  # bool: the thumbnail (or its failure) is known
 
+OverlayProvider = Callable[[ImageResult], "QIcon | None"]  # None: show the plain thumbnail
+
 CORRECT_TEXT = QColor(27, 110, 40)
 WRONG_TEXT = QColor(176, 0, 32)
 
@@ -70,6 +72,7 @@ class GalleryModel(QAbstractListModel):
         self._cache: OrderedDict[str, QIcon | None] = OrderedDict()
         self._pending: dict[str, None] = {}  # ordered set: paths asked for, not yet loading
         self._in_flight: list[str] = []
+        self._overlay: OverlayProvider | None = None
         self._placeholder = self._blank_icon()
         self._broken: QIcon | None = None
         self._task = BackgroundTask(self)
@@ -85,6 +88,10 @@ class GalleryModel(QAbstractListModel):
     @property
     def results(self) -> list[ImageResult]:
         return list(self._results)
+
+    @property
+    def labels(self) -> list[str]:
+        return self._labels
 
     @property
     def loading(self) -> bool:
@@ -103,6 +110,18 @@ class GalleryModel(QAbstractListModel):
     def clear(self) -> None:
         self.set_results([], self._labels)
 
+    def set_overlay(self, provider: OverlayProvider | None) -> None:
+        """Decorations drawn by ``provider`` where it has one (class-activation maps), the
+        plain thumbnails elsewhere and with None."""
+        self._overlay = provider
+        self.refresh_decorations()
+
+    def refresh_decorations(self) -> None:
+        """Every item's picture again: overlays arrived, or their opacity changed."""
+        if self._results:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._results) - 1, 0),
+                                  [Qt.ItemDataRole.DecorationRole])
+
     # -- Qt model -------------------------------------------------------------------------
 
     def rowCount(self, parent: Index = ROOT) -> int:  # noqa: N802 - Qt override
@@ -115,6 +134,10 @@ class GalleryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return caption(result, self._labels)
         if role == Qt.ItemDataRole.DecorationRole:
+            if self._overlay is not None:
+                icon = self._overlay(result)
+                if icon is not None:
+                    return icon
             return self._icon(result.path)
         if role == Qt.ItemDataRole.ForegroundRole:
             return CORRECT_TEXT if result.correct else WRONG_TEXT

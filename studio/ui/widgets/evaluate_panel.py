@@ -4,19 +4,23 @@ Evaluate runs a checkpoint over the run's validation images (or another folder o
 classes) in the thread pool, once; every view here reads the resulting ``Evaluation``: the
 summary, a confusion-matrix heatmap (click a cell to see its images), per-class metrics sortable
 by any column, the top losses, and single-image predictions ("Predict an image…" or a drop).
+"Show CAM" colours the gallery and the predicted image by Grad-CAM (evaluate_cam.py).
+
+The parts live beside it: MatrixPane (evaluate_matrix.py), the gallery's model
+(ui/models/gallery.py), the prediction view (evaluate_views.py), single-image predictions
+(evaluate_predict.py), and the loaded models (ui/predictors.py). The right side is a tab per
+view of the evaluation, so a new view is one more tab.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
     QModelIndex,
     QSize,
-    QSortFilterProxyModel,
     Qt,
     QUrl,
     Signal,
@@ -28,24 +32,17 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QAbstractScrollArea,
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QListView,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSplitter,
     QStyle,
-    QTableView,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -55,44 +52,32 @@ from studio.engine.evaluate import (
     Evaluation,
     EvaluationCancelled,
     ImageResult,
-    Predictor,
     evaluate_run,
 )
-from studio.ui.models.confusion import (
-    METRIC_COLUMNS,
-    SORT_ROLE,
-    ClassMetricsModel,
-    ConfusionModel,
-    metric_cells,
-)
 from studio.ui.models.gallery import PATH_ROLE, THUMBNAIL_SIZE, GalleryModel
+from studio.ui.predictors import PredictorCache
 from studio.ui.tasks import BackgroundTask
 from studio.ui.text import sentence
-from studio.ui.widgets.evaluate_predict import ImagePredictions, PredictorKey
+from studio.ui.widgets.evaluate_cam import CamControls, CamMaps, CamSource, CamViews, cam_source
+from studio.ui.widgets.evaluate_matrix import MatrixPane
+from studio.ui.widgets.evaluate_predict import ImagePredictions
 from studio.ui.widgets.evaluate_views import (
     ERROR_STYLE,
-    HeatmapDelegate,
     PredictionView,
-    RotatedHeader,
-    VerticalLabel,
-    bold_label,
     line,
     summary_html,
 )
 from studio.ui.widgets.export_panel import run_has_checkpoint
 
-MAX_METRIC_ROWS = 6  # the per-class table scrolls past this many classes: the matrix
-#                      gets the room
 EMPTY_SUMMARY = ("Evaluate a run to see its accuracy, where it confuses classes and the "
                  "images it gets most wrong.")
-
 
 
 # ---------------------------------------------------------------------------------------------
 # The panel
 
 
-class EvaluatePanel(ImagePredictions, QWidget):
+class EvaluatePanel(ImagePredictions, CamViews, QWidget):
     """Evaluate a run, explore its mistakes, and predict single images."""
 
     evaluation_finished = Signal(object)  # Evaluation
@@ -102,7 +87,9 @@ class EvaluatePanel(ImagePredictions, QWidget):
         super().__init__(parent)
         self._evaluation: Evaluation | None = None
         self._stop: threading.Event | None = None
-        self._predictors: OrderedDict[PredictorKey, Predictor] = OrderedDict()
+        self.predictors = PredictorCache()
+        self._cam_source: CamSource | None = None  # the evaluation's checkpoint
+        self._prediction_cam: tuple[CamSource, str] | None = None  # (checkpoint, image)
         self._shown: tuple[Any, ...] = ()
         self.evaluate_task = BackgroundTask(self)
         self.predict_task = BackgroundTask(self)
@@ -170,75 +157,15 @@ class EvaluatePanel(ImagePredictions, QWidget):
         self.notes_label.setToolTip("What the evaluation had to decide for you")
         self.notes_label.setVisible(False)
 
-        self.confusion_model = ConfusionModel(self)
-        self.matrix_view = QTableView()
-        self.matrix_view.setObjectName("confusionMatrix")
-        self.matrix_view.setHorizontalHeader(RotatedHeader(self.matrix_view))
-        self.matrix_view.setModel(self.confusion_model)
-        self.matrix_view.setItemDelegate(HeatmapDelegate(self.matrix_view))
-        self.matrix_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.matrix_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectItems)
-        self.matrix_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.matrix_view.setShowGrid(True)
-        self.matrix_view.setGridStyle(Qt.PenStyle.SolidLine)
-        self.matrix_view.setStyleSheet("QTableView#confusionMatrix { gridline-color: white; }")
-        self.matrix_view.setCornerButtonEnabled(False)
-        self.matrix_view.setWordWrap(False)
-        self.matrix_view.setTextElideMode(Qt.TextElideMode.ElideRight)
-        self.matrix_view.setToolTip("Rows: the true class; columns: the predicted class. "
-                                    "Click a cell to see its images.")
-        self.matrix_view.setAccessibleName("Confusion matrix")
-        self.matrix_view.setSizeAdjustPolicy(
-            QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
-        self.matrix_view.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Maximum)
-        self.normalised_check = QCheckBox("Normalised")
-        self.normalised_check.setToolTip("Show each row as percentages of the true class's "
-                                         "images (recall on the diagonal)")
-        self.predicted_title = QLabel("predicted class →")
-        self.predicted_title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.predicted_title.setForegroundRole(QPalette.ColorRole.PlaceholderText)
-        self.true_title = VerticalLabel("true class →")
-        self.true_title.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.matrix_pane = MatrixPane()
+        pane = self.matrix_pane  # its parts, by the names the page's tests and tools use
+        self.confusion_model, self.matrix_view = pane.confusion_model, pane.matrix_view
+        self.normalised_check = pane.normalised_check
+        self.metrics_model, self.metrics_proxy = pane.metrics_model, pane.metrics_proxy
+        self.metrics_view, self.averages_table = pane.metrics_view, pane.averages_table
 
-        self.metrics_model = ClassMetricsModel(self)
-        self.metrics_proxy = QSortFilterProxyModel(self)
-        self.metrics_proxy.setSourceModel(self.metrics_model)
-        self.metrics_proxy.setSortRole(SORT_ROLE)
-        self.metrics_view = QTableView()
-        self.metrics_view.setModel(self.metrics_proxy)
-        self.metrics_view.setSortingEnabled(True)
-        self.metrics_view.sortByColumn(0, Qt.SortOrder.AscendingOrder)
-        self.metrics_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.metrics_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.metrics_view.setAlternatingRowColors(True)
-        self.metrics_view.verticalHeader().hide()
-        self.metrics_view.setWordWrap(False)
-        self.metrics_view.setToolTip("Per-class precision, recall and F1; click a header to "
-                                     "sort by it")
-        row_height = self.metrics_view.fontMetrics().height() + 8
-        self.metrics_view.verticalHeader().setDefaultSectionSize(row_height)
-        header = self.metrics_view.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        number_width = max(78, self.metrics_view.fontMetrics().horizontalAdvance("Precision ▼")
-                           + 16)
-        for column in range(1, len(METRIC_COLUMNS)):
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Fixed)
-            header.resizeSection(column, number_width)
-        self.averages_table = QTableWidget(2, len(METRIC_COLUMNS))
-        self.averages_table.setToolTip("Macro: every class counts alike; weighted: by its "
-                                       "number of images")
-        self.averages_table.horizontalHeader().hide()
-        self.averages_table.verticalHeader().hide()
-        self.averages_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.averages_table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.averages_table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.averages_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.averages_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.averages_table.verticalHeader().setDefaultSectionSize(row_height)
-        self.averages_table.setFixedHeight(2 * row_height + 2 * self.averages_table.frameWidth())
-        for column in range(len(METRIC_COLUMNS)):
-            self.averages_table.setColumnWidth(column, header.sectionSize(column))
-
+        self.cam_controls = CamControls()
+        self.cam_maps = CamMaps(self.predictors, self)
         self.gallery_model = GalleryModel(parent=self)
         self.gallery_view = QListView()
         self.gallery_view.setModel(self.gallery_model)
@@ -286,44 +213,6 @@ class EvaluatePanel(ImagePredictions, QWidget):
         buttons.addWidget(self.progress, 3)
         buttons.addStretch(1)  # the buttons keep their size while no progress is shown
 
-        matrix_title = bold_label("Confusion matrix")
-        matrix_head = QHBoxLayout()
-        matrix_head.addWidget(matrix_title)
-        matrix_head.addStretch(1)
-        matrix_head.addWidget(self.normalised_check)
-        matrix_grid = QGridLayout()
-        matrix_grid.setSpacing(2)
-        matrix_grid.addWidget(self.predicted_title, 0, 1)
-        matrix_grid.addWidget(self.true_title, 1, 0)
-        matrix_grid.addWidget(self.matrix_view, 1, 1)
-        matrix_grid.setColumnStretch(2, 1)  # a few classes make a compact matrix, top left
-        matrix_box = QWidget()
-        # as tall as the matrix and no taller: the metrics sit right below it; a big matrix
-        # shrinks (and scrolls) to leave them room
-        matrix_box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        matrix_layout = QVBoxLayout(matrix_box)
-        matrix_layout.setContentsMargins(0, 0, 0, 0)
-        matrix_layout.addLayout(matrix_head)
-        matrix_layout.addLayout(matrix_grid, 1)
-
-        metrics_box = QWidget()
-        metrics_layout = QVBoxLayout(metrics_box)
-        metrics_layout.setContentsMargins(0, 0, 0, 0)
-        metrics_layout.setSpacing(0)
-        metrics_title = bold_label("Per-class metrics")
-        metrics_layout.addWidget(metrics_title)
-        metrics_layout.addSpacing(4)
-        metrics_layout.addWidget(self.metrics_view, 1)
-        metrics_layout.addWidget(self.averages_table)
-
-        left = QWidget()
-        left_layout = QVBoxLayout(left)
-        left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.addWidget(matrix_box, 1)
-        left_layout.addSpacing(8)
-        left_layout.addWidget(metrics_box)
-        left_layout.addStretch(0)
-
         images_page = QWidget()
         images_layout = QVBoxLayout(images_page)
         gallery_head = QHBoxLayout()
@@ -332,14 +221,20 @@ class EvaluatePanel(ImagePredictions, QWidget):
         gallery_head.addWidget(self.mistakes_button)
         images_layout.addLayout(gallery_head)
         images_layout.addWidget(self.gallery_view, 1)
+        # a tab per view of the evaluation: a new view (calibration, say) is one more addTab
         self.tabs = QTabWidget()
         self.tabs.addTab(images_page, "Images")
         self.tabs.addTab(self.prediction_view, "Prediction")
         self.images_page = images_page
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.cam_controls)  # the maps cover every picture on the right
+        right_layout.addWidget(self.tabs, 1)
 
         results = QSplitter(Qt.Orientation.Horizontal)
-        results.addWidget(left)
-        results.addWidget(self.tabs)
+        results.addWidget(self.matrix_pane)
+        results.addWidget(right)
         results.setStretchFactor(0, 1)
         results.setStretchFactor(1, 1)
         results.setSizes([520, 560])
@@ -368,12 +263,10 @@ class EvaluatePanel(ImagePredictions, QWidget):
         self.evaluate_button.clicked.connect(self._on_evaluate_button_clicked)
         self.stop_button.clicked.connect(self._on_stop_button_clicked)
         self.predict_button.clicked.connect(self._on_predict_button_clicked)
-        self.normalised_check.toggled.connect(self._on_normalised_check_toggled)
-        self.matrix_view.clicked.connect(self._on_matrix_view_clicked)
-        self.matrix_view.selectionModel().currentChanged.connect(
-            self._on_matrix_selection_current_changed)
-        self.metrics_view.horizontalHeader().sectionResized.connect(
-            self._on_metrics_header_section_resized)
+        self.matrix_pane.cell_chosen.connect(self._on_matrix_pane_cell_chosen)
+        self.cam_controls.changed.connect(self._on_cam_controls_changed)
+        self.cam_maps.arrived.connect(self._on_cam_maps_arrived)
+        self.cam_maps.failed.connect(self._on_cam_maps_failed)
         self.top_losses_button.clicked.connect(self._on_top_losses_button_clicked)
         self.mistakes_button.clicked.connect(self._on_mistakes_button_clicked)
         self.gallery_view.doubleClicked.connect(self._on_gallery_view_double_clicked)
@@ -431,11 +324,8 @@ class EvaluatePanel(ImagePredictions, QWidget):
         """Fill every view from ``evaluation``; the gallery starts with the top losses."""
         self._evaluation = evaluation
         self._shown = ()
-        self.confusion_model.set_evaluation(evaluation)
-        self.metrics_model.set_evaluation(evaluation)
-        self._fill_averages(evaluation)
-        self._size_matrix(evaluation.labels)
-        self._fit_metrics(len(evaluation.labels))
+        self.matrix_pane.set_evaluation(evaluation)
+        self._cam_source = cam_source(evaluation.run_dir, evaluation.checkpoint)
         self.summary_label.setText(summary_html(evaluation))
         notes = [sentence(note) for note in evaluation.notes]
         self.notes_label.setText("Note: " + " ".join(notes) if notes else "")
@@ -468,7 +358,7 @@ class EvaluatePanel(ImagePredictions, QWidget):
         if evaluation is None:
             return
         results = evaluation.top_losses()
-        self._clear_matrix_selection()
+        self.matrix_pane.clear_selection()
         self._show_results(results, ("top_losses",))
         wrong = sum(not r.correct for r in results)
         self.gallery_title.setText(f"Top losses: the {len(results)} images whose true class got "
@@ -479,7 +369,7 @@ class EvaluatePanel(ImagePredictions, QWidget):
         if evaluation is None:
             return
         results = evaluation.misclassified()
-        self._clear_matrix_selection()
+        self.matrix_pane.clear_selection()
         self._show_results(results, ("mistakes",))
         self.gallery_title.setText(f"All {len(results)} misclassified images, highest loss "
                                    f"first." if results else "No image is misclassified.")
@@ -542,24 +432,9 @@ class EvaluatePanel(ImagePredictions, QWidget):
 
     # -- slots: results -------------------------------------------------------------------
 
-    @Slot(bool)
-    def _on_normalised_check_toggled(self, checked: bool) -> None:
-        self.confusion_model.set_normalised(checked)
-
-    @Slot(QModelIndex)
-    def _on_matrix_view_clicked(self, index: QModelIndex) -> None:
-        if index.isValid():
-            self.show_cell(index.row(), index.column())
-
-    @Slot(QModelIndex, QModelIndex)
-    def _on_matrix_selection_current_changed(self, current: QModelIndex,
-                                             previous: QModelIndex) -> None:
-        if current.isValid():  # the arrow keys walk the matrix too
-            self.show_cell(current.row(), current.column())
-
-    @Slot(int, int, int)
-    def _on_metrics_header_section_resized(self, column: int, old: int, new: int) -> None:
-        self.averages_table.setColumnWidth(column, new)
+    @Slot(int, int)
+    def _on_matrix_pane_cell_chosen(self, true: int, predicted: int) -> None:
+        self.show_cell(true, predicted)
 
     @Slot()
     def _on_top_losses_button_clicked(self) -> None:
@@ -580,50 +455,10 @@ class EvaluatePanel(ImagePredictions, QWidget):
     def _show_results(self, results: list[ImageResult], shown: tuple[Any, ...]) -> None:
         assert self._evaluation is not None
         self._shown = shown
+        self.cam_maps.forget_requests()  # the old listing's maps are not needed first
         self.gallery_model.set_results(results, self._evaluation.labels)
         self.gallery_view.scrollToTop()
         self.tabs.setCurrentWidget(self.images_page)
-
-    def _clear_matrix_selection(self) -> None:
-        selection = self.matrix_view.selectionModel()
-        selection.blockSignals(True)  # no currentChanged: it would show a cell again
-        selection.clear()
-        selection.blockSignals(False)
-        for widget in (self.matrix_view, self.matrix_view.horizontalHeader(),
-                       self.matrix_view.verticalHeader()):
-            widget.viewport().update()
-
-    def _size_matrix(self, labels: list[str]) -> None:
-        """Cells just wide enough for "100%" (the column titles are upright) and the row
-        titles for the class names, long ones elided."""
-        metrics = self.matrix_view.fontMetrics()
-        width = max(metrics.horizontalAdvance("100%") + 20, metrics.height() + 16, 44)
-        height = max(metrics.height() + 14, 30)
-        self.matrix_view.horizontalHeader().setDefaultSectionSize(width)
-        self.matrix_view.horizontalHeader().setMinimumSectionSize(min(width, 36))
-        self.matrix_view.verticalHeader().setDefaultSectionSize(height)
-        self.matrix_view.verticalHeader().setMaximumWidth(180)
-
-    def _fit_metrics(self, rows: int) -> None:
-        """The metrics table as tall as its rows, up to MAX_METRIC_ROWS (then it scrolls)."""
-        view = self.metrics_view
-        shown = min(max(rows, 3), MAX_METRIC_ROWS)
-        height = (view.horizontalHeader().sizeHint().height()
-                  + shown * view.verticalHeader().defaultSectionSize() + 2 * view.frameWidth())
-        view.setFixedHeight(height + 2)
-
-    def _fill_averages(self, evaluation: Evaluation) -> None:
-        rows = (("macro avg", evaluation.macro), ("weighted avg", evaluation.weighted))
-        for row, (name, metrics) in enumerate(rows):
-            for column, text in enumerate(metric_cells(name, metrics)):
-                item = QTableWidgetItem(text)
-                font = item.font()
-                font.setItalic(column == 0)
-                item.setFont(font)
-                alignment = Qt.AlignmentFlag.AlignLeft if column == 0 else \
-                    Qt.AlignmentFlag.AlignRight
-                item.setTextAlignment(alignment | Qt.AlignmentFlag.AlignVCenter)
-                self.averages_table.setItem(row, column, item)
 
     def _say(self, message: str, error: bool = False) -> None:
         self.status_label.setText(sentence(message))

@@ -1,12 +1,11 @@
 """Single-image predictions on the Evaluate page: "Predict an image…", a dropped file or folder,
-and the models kept loaded for them. A mixin of EvaluatePanel (it uses the panel's run line,
-checkpoint box, tabs, prediction view, predict task and message line), kept apart so the
-panel's file stays about evaluating a run.
+with the models the page's PredictorCache (ui/predictors.py) keeps loaded. A mixin of
+EvaluatePanel (it uses the panel's run line, checkpoint box, tabs, prediction view, predict task
+and message line), kept apart so the panel's file stays about evaluating a run.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +13,7 @@ from PySide6.QtCore import QMimeData, Slot
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QFileDialog
 
-from studio.engine.evaluate import ImagePrediction, Predictor
-from studio.engine.runs import RunPaths
+from studio.engine.evaluate import ImagePrediction
 from studio.ui.text import sentence
 from studio.ui.thumbnails import Thumbnail, make_thumbnail
 from studio.ui.widgets.evaluate_views import PREVIEW_SIZE, TOP_K
@@ -24,11 +22,10 @@ from studio.ui.widgets.export_panel import run_has_checkpoint
 if TYPE_CHECKING:
     from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QTabWidget
 
+    from studio.ui.predictors import PredictorCache
     from studio.ui.tasks import BackgroundTask
     from studio.ui.widgets.evaluate_views import PredictionView
 
-KEPT_PREDICTORS = 2  # models kept loaded for predictions (a run's best and last, say)
-PredictorKey = tuple[str, str, int]  # (run folder, checkpoint, checkpoint file mtime)
 IMAGE_FILTER = ("Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp *.ppm *.pgm);;"
                 "All files (*)")
 
@@ -39,16 +36,6 @@ def dropped_path(mime: QMimeData | None) -> str | None:
         return None
     urls = [url for url in mime.urls() if url.isLocalFile()]
     return urls[0].toLocalFile() if len(urls) == 1 else None
-
-
-def _predictor_key(run_dir: str, checkpoint: str) -> PredictorKey:
-    """A checkpoint rewritten since (a resumed run) gets a fresh model."""
-    path = RunPaths(run_dir).checkpoint(checkpoint)
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        stamp = 0
-    return str(Path(run_dir).resolve()), checkpoint, stamp
 
 
 class ImagePredictions:
@@ -62,7 +49,8 @@ class ImagePredictions:
     tabs: QTabWidget
     prediction_view: PredictionView
     predict_task: BackgroundTask
-    _predictors: OrderedDict[PredictorKey, Predictor]
+    predictors: PredictorCache
+    _prediction_cam: Any
 
     def predict_file(self, path: str) -> None:
         """Top-5 classes of one image file, from the run's model (loaded once, kept)."""
@@ -72,15 +60,14 @@ class ImagePredictions:
                       "checkpoint.", error=True)
             return
         checkpoint = str(self.checkpoint_combo.currentData())
-        key = _predictor_key(run_dir, checkpoint)
-        cached = self._predictors.get(key)
+        predictors = self.predictors
+        loaded = predictors.loaded(run_dir, checkpoint)
 
-        def job() -> tuple[PredictorKey, Predictor, ImagePrediction, Thumbnail | None]:
-            predictor = cached or Predictor(run_dir, checkpoint)
-            prediction = predictor.predict(path, k=TOP_K)
-            return key, predictor, prediction, make_thumbnail("", path, PREVIEW_SIZE)
+        def job() -> tuple[str, str, ImagePrediction, Thumbnail | None]:
+            prediction = predictors.predictor(run_dir, checkpoint).predict(path, k=TOP_K)
+            return run_dir, checkpoint, prediction, make_thumbnail("", path, PREVIEW_SIZE)
 
-        loading = "" if cached else f" (loading the {checkpoint} checkpoint first)"
+        loading = "" if loaded else f" (loading the {checkpoint} checkpoint first)"
         self._say(f"Predicting {Path(path).name}{loading}…")
         self.predict_task.start(job)
 
@@ -113,12 +100,9 @@ class ImagePredictions:
 
     @Slot(object)
     def _on_predict_task_succeeded(self, outcome: tuple[Any, ...]) -> None:
-        key, predictor, prediction, thumb = outcome
-        self._predictors[key] = predictor
-        self._predictors.move_to_end(key)
-        while len(self._predictors) > KEPT_PREDICTORS:
-            self._predictors.popitem(last=False)
+        run_dir, checkpoint, prediction, thumb = outcome
         self.prediction_view.show_prediction(prediction, thumb)
+        self._show_prediction_cam(run_dir, checkpoint, prediction.path)
         self.tabs.setCurrentWidget(self.prediction_view)
         name, probability = prediction.top[0]
         self._say(f"{Path(prediction.path).name}: {name} ({probability:.1%}).")
@@ -126,6 +110,7 @@ class ImagePredictions:
 
     @Slot(str)
     def _on_predict_task_failed(self, message: str) -> None:
+        self._prediction_cam = None
         self.prediction_view.clear(sentence(message))
         self.tabs.setCurrentWidget(self.prediction_view)
         self._say(message, error=True)

@@ -20,6 +20,7 @@ from PySide6.QtGui import (
     QPaintEvent,
     QPalette,
     QPen,
+    QPixmap,
 )
 from PySide6.QtWidgets import (
     QFrame,
@@ -169,6 +170,7 @@ class PredictionView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self._plain: QPixmap | None = None
         self.image_label = QLabel()
         self.image_label.setFixedSize(PREVIEW_SIZE + 4, PREVIEW_SIZE + 4)
         self.image_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -208,6 +210,7 @@ class PredictionView(QWidget):
         self.clear()
 
     def clear(self, message: str = "") -> None:
+        self._plain = None
         self.image_label.clear()
         self.image_label.setVisible(False)
         self.name_label.setText(message)
@@ -221,10 +224,8 @@ class PredictionView(QWidget):
     def show_prediction(self, prediction: ImagePrediction, thumb: Thumbnail | None) -> None:
         self.hint_label.setVisible(False)
         self.image_label.setVisible(True)
-        if thumb is not None:
-            self.image_label.setPixmap(thumbnail_pixmap(thumb))
-        else:
-            self.image_label.setText("(no preview)")
+        self._plain = thumbnail_pixmap(thumb) if thumb is not None else None
+        self.show_overlay(None)
         self.name_label.setStyleSheet("")
         self.name_label.setText(f"<b>{Path(prediction.path).name}</b><br>{prediction.path}")
         self.name_label.setVisible(True)
@@ -241,6 +242,19 @@ class PredictionView(QWidget):
             label.setFont(font)
             bar.setValue(round(1000 * probability))
             bar.setFormat(f"{100 * probability:.1f} %")
+
+    def show_overlay(self, pixmap: QPixmap | None) -> None:
+        """The class-activation map over what the model saw, or (None) the plain image."""
+        if pixmap is not None:
+            self.image_label.setPixmap(pixmap)
+            self.image_label.setToolTip("Where the image raised the class's score (Grad-CAM), "
+                                        "over the resized, centre-cropped picture the model saw")
+        elif self._plain is not None:
+            self.image_label.setPixmap(self._plain)
+            self.image_label.setToolTip("The image as it was read (before resizing for the "
+                                        "model)")
+        elif self.image_label.isVisible():
+            self.image_label.setText("(no preview)")
 
     def shown_classes(self) -> list[str]:
         """The class names listed, most likely first (what a person reads)."""
