@@ -179,6 +179,7 @@ class MainWindow(ProjectFiles, QMainWindow):
         project.path_changed.connect(self._on_project_path_changed)
         self._describer.succeeded.connect(self._on_describer_succeeded)
         self._describer.failed.connect(self._on_describer_failed)
+        self.evaluate_panel.dataset_changed.connect(self.dataset_panel.folder_changed)
 
         panel = self.training_panel
         panel.train_requested.connect(self._on_training_panel_train_requested)

@@ -239,6 +239,13 @@ class DatasetPanel(QWidget):
         """The run whose validation predictions the Check tab uses for label errors."""
         self._results_page.doctor_view.set_run(run_dir)
 
+    def folder_changed(self, root: str) -> None:
+        """Files moved in the dataset at ``root`` elsewhere (the Evaluate gallery): rescan it
+        when it is the one shown."""
+        shown = self._shown_scan
+        if shown is not None and Path(shown.root).resolve() == Path(root).resolve():
+            self.load_folder(shown.root)
+
     def _on_doctor_dataset_changed(self, _changes: object) -> None:
         if self._shown_scan is not None:  # files moved: the counts follow
             self.load_folder(self._shown_scan.root)

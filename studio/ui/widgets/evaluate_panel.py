@@ -58,7 +58,9 @@ from studio.ui.models.gallery import PATH_ROLE, THUMBNAIL_SIZE, GalleryModel
 from studio.ui.predictors import PredictorCache
 from studio.ui.tasks import BackgroundTask
 from studio.ui.text import sentence
+from studio.ui.widgets.calibration_view import CalibrationView
 from studio.ui.widgets.evaluate_cam import CamControls, CamMaps, CamSource, CamViews, cam_source
+from studio.ui.widgets.evaluate_cleaning import GalleryCleaning
 from studio.ui.widgets.evaluate_matrix import MatrixPane
 from studio.ui.widgets.evaluate_predict import ImagePredictions
 from studio.ui.widgets.evaluate_views import (
@@ -77,11 +79,12 @@ EMPTY_SUMMARY = ("Evaluate a run to see its accuracy, where it confuses classes 
 # The panel
 
 
-class EvaluatePanel(ImagePredictions, CamViews, QWidget):
+class EvaluatePanel(ImagePredictions, CamViews, GalleryCleaning, QWidget):
     """Evaluate a run, explore its mistakes, and predict single images."""
 
     evaluation_finished = Signal(object)  # Evaluation
     prediction_finished = Signal(object)  # ImagePrediction
+    dataset_changed = Signal(str)  # a gallery image was relabelled or removed in this dataset
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -98,6 +101,7 @@ class EvaluatePanel(ImagePredictions, CamViews, QWidget):
         self._make_result_widgets()
         self._build_layout()
         self._connect()
+        self._build_gallery_cleaning()
         self._update_enabled()
 
     # -- construction ---------------------------------------------------------------------
@@ -182,7 +186,8 @@ class EvaluatePanel(ImagePredictions, CamViews, QWidget):
         self.gallery_view.setBatchSize(200)
         self.gallery_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.gallery_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.gallery_view.setToolTip("Double-click an image to open it")
+        self.gallery_view.setToolTip("Double-click an image to open it; right-click to relabel "
+                                     "or remove it from the dataset")
         self.gallery_title = QLabel("Click a cell of the confusion matrix to see its images.")
         self.gallery_title.setWordWrap(True)
         self.top_losses_button = QPushButton("Top losses")
@@ -225,6 +230,11 @@ class EvaluatePanel(ImagePredictions, CamViews, QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(images_page, "Images")
         self.tabs.addTab(self.prediction_view, "Prediction")
+        self.calibration_view = CalibrationView()
+        self.tabs.addTab(self.calibration_view, "Calibration")
+        self.tabs.setTabToolTip(2, "How far the model's confidence can be trusted: the "
+                                   "reliability diagram, temperature scaling, an unknown "
+                                   "threshold")
         self.images_page = images_page
         right = QWidget()
         right_layout = QVBoxLayout(right)
@@ -303,8 +313,10 @@ class EvaluatePanel(ImagePredictions, CamViews, QWidget):
 
         def job(progress: Any) -> Evaluation | None:
             try:
-                return evaluate_run(run_dir, data=data, checkpoint=checkpoint,
-                                    progress=progress, stop=stop)
+                evaluation = evaluate_run(run_dir, data=data, checkpoint=checkpoint,
+                                          progress=progress, stop=stop)
+                _ = evaluation.calibration  # fitted here, off the GUI thread
+                return evaluation
             except EvaluationCancelled:
                 return None
 
@@ -330,6 +342,7 @@ class EvaluatePanel(ImagePredictions, CamViews, QWidget):
         notes = [sentence(note) for note in evaluation.notes]
         self.notes_label.setText("Note: " + " ".join(notes) if notes else "")
         self.notes_label.setVisible(bool(notes))
+        self.calibration_view.show_calibration(evaluation.calibration)
         self.show_top_losses()
         self._update_enabled()
 
