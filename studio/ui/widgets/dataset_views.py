@@ -297,7 +297,9 @@ class ScanView(QWidget):
             self._warning_list.addItem(item)
         if not scan.warnings:
             ok = self.style().standardIcon(QStyle.StandardPixmap.SP_DialogApplyButton)
-            self._warning_list.addItem(QListWidgetItem(ok, "No problems found in this folder."))
+            self._warning_list.addItem(QListWidgetItem(ok, "The scan found no problems; the Check "
+                                                           "tab looks for duplicates, leaks and "
+                                                           "label errors."))
 
     def _fill_skipped(self, scan: DatasetScan) -> None:
         self._skipped_tree.clear()
