@@ -18,6 +18,7 @@ from studio.engine.events import (
     EpochEnded,
     FitEnded,
     FitStarted,
+    LayerStats,
     Outcome,
     StageStarted,
     WarningIssued,
@@ -101,6 +102,8 @@ EVENTS = [
     ("on_warning", WarningIssued("imbalanced: «rare» has 3 images")),
     ("on_cache", CacheReport("features", "ready", 30, 1.5, 0.2, "cut after flatten")),
     ("on_fit_end", FitEnded(Outcome.CANCELLED, "stopped", 1, None, None, "val_acc", "/r", 2.0)),
+    ("on_layer_stats", LayerStats(7, {"fc.weight": 0.5}, {"fc.weight": 1e-3},
+                                  {"fc.weight": 2.0})),
 ]
 
 
