@@ -240,3 +240,18 @@ def served_weights(file_server: FileServer, squeezenet_file: Path, hub_home: Pat
     url = file_server.url(served.name)
     monkeypatch.setattr(weights.value, "url", url)
     return ServedWeights(weights, url, served, hub_home / served.name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--full-zoo", action="store_true",
+                     help="also run the tests marked full_zoo: every torchvision model, slowly "
+                          "(the default suite checks one model of each family)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--full-zoo"):
+        return
+    deselected = [item for item in items if "full_zoo" in item.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if "full_zoo" not in item.keywords]

@@ -81,6 +81,7 @@ def test_cam_per_family_is_a_finite_map_of_the_input_size(family: str) -> None:
 
 
 @pytest.mark.zoo
+@pytest.mark.full_zoo
 @pytest.mark.parametrize("name", [info.name for info in ZOO])
 def test_cam_for_every_zoo_model(name: str) -> None:
     heat, size = _map_of(name)
