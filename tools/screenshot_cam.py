@@ -21,7 +21,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 TOOLS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TOOLS.parent), str(TOOLS)]  # this checkout's studio, and screenshots.py
 
-from screenshots import _settle, _wait  # noqa: E402 - after the platform is chosen
+from screenshots import _settle, _wait, open_window  # noqa: E402 - after the platform is chosen
 
 
 def train_run(root: Path) -> Path:
@@ -37,17 +37,7 @@ def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots")
     out.mkdir(parents=True, exist_ok=True)
     run = train_run(Path(tempfile.mkdtemp(prefix="studio-cam-runs-")))
-    from PySide6.QtCore import QSettings
-
-    from studio.ui.app import build_window, create_app
-
-    app = create_app()
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      tempfile.mkdtemp(prefix="studio-shots-"))
-    window = build_window(demo=True)
-    window.resize(1360, 860)
-    window.show()
+    app, window = open_window()
     window.steps.setCurrentRow(window.PAGES.index("Evaluate"))
     panel = window.evaluate_panel
     panel.set_run_dir(str(run))

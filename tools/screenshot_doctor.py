@@ -74,20 +74,10 @@ def main() -> int:
     data = write_dataset(work / "colours")
     run = train_run(data, work / "runs" / "resnet18-colours")
 
-    from PySide6.QtCore import QSettings
-
-    from studio.ui.app import build_window, create_app
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from screenshots import _settle, _wait  # the helpers of the main tool
+    from screenshots import _settle, _wait, open_window  # the helpers of the main tool
 
-    app = create_app()
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      tempfile.mkdtemp(prefix="studio-shots-"))
-    window = build_window()
-    window.resize(1360, 900)
-    window.show()
+    app, window = open_window(demo=False, height=900)
     panel = window.dataset_panel
     panel.load_folder(str(data))
     _wait(app, lambda: window.project.scan is not None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -26,22 +25,12 @@ STEPS = 6  # optimizer steps before the picture: the figures have settled a litt
 def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots")
     out.mkdir(parents=True, exist_ok=True)
-    from PySide6.QtCore import QSettings
-
     from studio.engine.config import FreezeSpec, ParamGroupSpec
-    from studio.ui.app import build_window, create_app
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from screenshots import _settle, _wait  # the helpers of the main tool
+    from screenshots import _settle, _wait, open_window  # the helpers of the main tool
 
-    app = create_app()
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      tempfile.mkdtemp(prefix="studio-shots-"))
-    window = build_window(demo=True)
-    window.settings.setValue("paths/runs_dir", tempfile.mkdtemp(prefix="studio-runs-"))
-    window.resize(1360, 860)
-    window.show()
+    app, window = open_window()
     project = window.project
     _wait(app, lambda: project.scan is not None and project.description is not None)
     project.set_freeze(FreezeSpec(preset="up_to", up_to="layer2"))

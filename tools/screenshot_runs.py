@@ -46,21 +46,10 @@ def main() -> int:
     root.mkdir()
     paths = train_runs(root)
 
-    from PySide6.QtCore import QSettings
-
-    from studio.ui.app import build_window, create_app
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from screenshots import _settle, _wait  # the helpers of the main tool
+    from screenshots import _settle, _wait, open_window  # the helpers of the main tool
 
-    app = create_app()
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      tempfile.mkdtemp(prefix="studio-shots-"))
-    window = build_window(demo=True)
-    window.settings.setValue("paths/runs_dir", str(root))
-    window.resize(1360, 860)
-    window.show()
+    app, window = open_window(runs_dir=str(root))
     project = window.project
     _wait(app, lambda: project.scan is not None and project.description is not None)
     window.steps.setCurrentRow(window.PAGES.index("Runs"))

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -32,6 +33,26 @@ def _settle(app: object, rounds: int = 30) -> None:
     for _ in range(rounds):
         app.processEvents()  # type: ignore[attr-defined]
         time.sleep(0.02)
+
+
+def open_window(demo: bool = True, runs_dir: str = "", height: int = 860) -> tuple[Any, Any]:
+    """The app and its main window (on the demo), shown at the screenshots' size, with its
+    settings and runs folder in temporary folders so nothing of the user's is read or written.
+    Every screenshot tool starts here."""
+    from PySide6.QtCore import QSettings
+
+    from studio.ui.app import build_window, create_app
+
+    app = create_app()
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                      tempfile.mkdtemp(prefix="studio-shots-"))
+    window = build_window(demo=demo)
+    window.settings.setValue("paths/runs_dir",
+                             runs_dir or tempfile.mkdtemp(prefix="studio-runs-"))
+    window.resize(1360, height)
+    window.show()
+    return app, window
 
 
 def _evaluate(app: object, window: object, out: Path) -> None:
@@ -67,18 +88,7 @@ def _evaluate(app: object, window: object, out: Path) -> None:
 def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots")
     out.mkdir(parents=True, exist_ok=True)
-    from PySide6.QtCore import QSettings
-
-    from studio.ui.app import build_window, create_app
-
-    app = create_app()
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      tempfile.mkdtemp(prefix="studio-shots-"))
-    window = build_window(demo=True)
-    window.settings.setValue("paths/runs_dir", tempfile.mkdtemp(prefix="studio-runs-"))
-    window.resize(1360, 860)
-    window.show()
+    app, window = open_window()
     project = window.project
     _wait(app, lambda: project.scan is not None and project.description is not None)
     project.update("train", epochs=3)
