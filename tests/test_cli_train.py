@@ -134,6 +134,12 @@ def test_the_default_runs_root_is_in_the_user_data_folder(
     pytest.param(["--freeze-up-to", "features.6"],
                  lambda c: c.freeze.preset == "up_to" and c.freeze.up_to == "features.6",
                  id="freeze-up-to"),
+    pytest.param(["--freeze-preset", "head_only", "--lora", "features.11", "features.12",
+                  "--lora-rank", "4", "--lora-alpha", "8", "--lora-dropout", "0.1"],
+                 lambda c: (c.freeze.preset == "head_only"
+                            and (c.lora.targets, c.lora.rank, c.lora.alpha, c.lora.dropout)
+                            == (("features.11", "features.12"), 4, 8.0, 0.1)),
+                 id="lora-flags"),
 ])
 def test_freeze_and_lr_flags_reach_the_saved_config(data: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str],
@@ -193,6 +199,13 @@ def test_resume_appends_the_next_epoch(data: Path, tmp_path: Path,
                  id="unknown-backbone"),
     pytest.param(["--freeze", "layer4"], "freeze pattern 'layer4' matches no parameter",
                  id="freeze-matches-nothing"),
+    pytest.param(["--lora", "classifier.3"], "LoRA target 'classifier.3' holds no Linear",
+                 id="lora-on-the-head"),
+    pytest.param(["--lora-preset", "attention"],
+                 "--lora-preset attention: mobilenet_v3_small has no layer for "
+                 "'LoRA on attention'", id="lora-preset-without-attention"),
+    pytest.param(["--lora", "features", "--lora-rank", "0"],
+                 "--lora-rank: rank must be between 1 and 1024", id="lora-rank-zero"),
     pytest.param(["--data", "{tmp}/missing"], "does not exist", id="missing-data-folder"),
     pytest.param(["--config", "{tmp}/missing.toml"], "config file", id="missing-config-file"),
     pytest.param(["--resume", "{tmp}"], "is not a run folder", id="resume-not-a-run"),

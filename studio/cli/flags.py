@@ -13,7 +13,8 @@ from typing import Any
 from studio.engine.config import SECTIONS, all_described
 from studio.engine.fields import Described
 
-SECTION_TITLES = {"data": "data handling", "head": "classifier head", "optim": "optimizer"}
+SECTION_TITLES = {"data": "data handling", "head": "classifier head", "optim": "optimizer",
+                  "lora": "LoRA adapters"}
 
 
 def config_flags() -> list[Described]:
@@ -22,9 +23,11 @@ def config_flags() -> list[Described]:
 
 
 def add_config_flags(parser: argparse.ArgumentParser,
-                     custom: dict[str, dict[str, Any]] | None = None) -> None:
-    """One flag per config field; ``custom`` replaces a flag's argparse options (by flag)."""
-    groups: dict[str, Any] = {}
+                     custom: dict[str, dict[str, Any]] | None = None,
+                     groups: dict[str, Any] | None = None) -> None:
+    """One flag per config field; ``custom`` replaces a flag's argparse options (by flag);
+    ``groups`` (title → argument group) holds groups the caller already made."""
+    groups = dict(groups or {})
     for item in config_flags():
         found = item.setting
         title = found.tab.lower() if found.tab else SECTION_TITLES[item.section]

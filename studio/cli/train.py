@@ -9,7 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from studio.cli.common import EXIT_ERROR, EXIT_OK, duration
-from studio.cli.flags import add_config_flags, flag_changes, flag_for
+from studio.cli.flags import SECTION_TITLES, add_config_flags, flag_changes, flag_for
 from studio.cli.launch import add_scale_out_arguments
 from studio.engine.events import Callback, weights_label
 
@@ -49,7 +49,16 @@ def add_train_parser(commands: Any) -> None:
                         help="layer-wise learning-rate decay: one group per layer, the head at "
                              "the base LR and each layer below it × RATE (0 < RATE ≤ 1, e.g. "
                              "0.75); not with --lr")
-    add_config_flags(train, custom={"batch-size": {
+    adapters = train.add_argument_group(SECTION_TITLES["lora"])
+    adapters.add_argument("--lora", action="extend", nargs="+", metavar="GLOB",
+                          help="LoRA adapters on the Linear, Conv2d and attention layers under "
+                               "these modules (globs as --freeze); their base weights stay "
+                               "frozen")
+    adapters.add_argument("--lora-preset", choices=["attention", "linear"],
+                          help="LoRA on every attention layer, or on every linear layer "
+                               "(the layers are written into the run's config)")
+    add_config_flags(train, groups={SECTION_TITLES["lora"]: adapters},
+                     custom={"batch-size": {
         "type": _batch_size, "metavar": "N|auto",
         "help": "Images per step (per process); auto: the largest that fits on the CUDA GPU, "
                 "less a 10 %% margin, found by trial steps before training (default 32)"}})
@@ -128,9 +137,36 @@ def config_from_args(args: argparse.Namespace) -> Any:
                             unfreeze=freeze.unfreeze + tuple(args.unfreeze or ()),
                             bn_frozen=freeze.bn_frozen)
     config = config.replace(freeze=freeze, **sections)
+    config = config.replace(lora=_lora_from_args(args, config, given["lora"]))
     if getattr(args, "layer_decay", None) is not None:
         config = _with_layer_decay(config, args.layer_decay, bool(args.lr))
     return config
+
+
+def _lora_from_args(args: argparse.Namespace, config: Any, given: dict[str, Any]) -> Any:
+    """config.lora with --lora targets, --lora-preset's layers and --lora-rank/alpha/dropout."""
+    import dataclasses
+
+    from studio.engine.config import ConfigError
+
+    spec = config.lora
+    targets = tuple(getattr(args, "lora", None) or ())
+    preset = getattr(args, "lora_preset", None)
+    if preset:
+        from studio.engine.backbones import describe_model
+        from studio.engine.lora import PRESETS, preset_targets
+
+        description = describe_model(config.model, 2, config.data.image_size)
+        size = config.data.image_size or 224
+        found = preset_targets(description.model, description.head, preset, size)
+        if not found:
+            raise ConfigError(f"--lora-preset {preset}: {config.model.backbone} has no layer "
+                              f"for {PRESETS[preset]!r}; name modules with --lora instead")
+        targets += found
+    try:
+        return dataclasses.replace(spec, targets=spec.targets + targets, **given)
+    except ConfigError as error:
+        raise ConfigError(f"{_flag_for('lora', str(error))}: {error}") from error
 
 
 def _with_layer_decay(config: Any, rate: float, has_lr_groups: bool) -> Any:
@@ -370,6 +406,11 @@ class TerminalProgress(Callback):
                    f"{event.train_images} train / {event.val_images} val images, "
                    f"{len(event.classes)} classes, {event.device}, {event.precision}"
                    f"{', channels_last' if event.channels_last else ''}{self._world(event)}")
+        if event.adapted_layers:
+            from studio.engine.lora import lora_line
+
+            self._line(lora_line(event.trainable_params, event.total_params,
+                                 event.adapter_params, event.adapted_layers))
 
     def _world(self, event: Any) -> str:
         if event.processes <= 1:

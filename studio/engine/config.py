@@ -117,6 +117,37 @@ class FreezeSpec:
             _require(bool(self.up_to), "up_to must name a module when preset is 'up_to'")
 
 
+@dataclass(frozen=True, slots=True)
+class LoraSpec:
+    """Low-rank adapters (LoRA, through peft) on the layers of the modules ``targets`` names.
+
+    A target glob follows the freeze spec's rule (a module name or any module prefix of it);
+    every ``nn.Linear``, ``nn.Conv2d`` and ``nn.MultiheadAttention`` under a matching module
+    gets an adapter, except in the head, which trains as usual. The adapted layers' own weights
+    stay frozen; the adapters always train. ``targets`` empty: no LoRA.
+    """
+
+    targets: tuple[str, ...] = ()
+    rank: int = setting(8, "LoRA rank", "Rank of each adapter: its two small matrices have "
+                        "this many rows and columns; higher adapts more, with more parameters.",
+                        low=1, high=1024, flag="lora-rank", metavar="R")
+    alpha: float = setting(16.0, "LoRA alpha", "Scale of the adapters: their output is "
+                           "multiplied by alpha / rank (16 with rank 8 doubles it).",
+                           low=0.01, high=100_000.0, decimals=1, flag="lora-alpha",
+                           metavar="A")
+    dropout: float = setting(0.0, "LoRA dropout", "Dropout on the adapters' input while "
+                             "training.", low=0.0, high=0.9, flag="lora-dropout", metavar="P")
+
+    def __post_init__(self) -> None:
+        check(self)
+        _require(all(isinstance(t, str) and t for t in self.targets),
+                 f"lora targets must be module names or globs; got {list(self.targets)}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.targets)
+
+
 MAX_LR = 10.0  # the highest learning rate a config accepts, for a group or the base
 MAX_WEIGHT_DECAY = 1.0  # the same for weight decay
 
@@ -321,6 +352,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     freeze: FreezeSpec = field(default_factory=FreezeSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     stages: tuple[StageSpec, ...] = ()
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -380,7 +412,7 @@ class RunConfig:
 
 # The sections whose fields have settings (head: model.head), in the order the faces show them
 SECTIONS: dict[str, type] = {"train": TrainConfig, "data": DataConfig, "head": HeadConfig,
-                             "optim": OptimConfig}
+                             "optim": OptimConfig, "lora": LoraSpec}
 
 
 def all_described() -> list[Described]:

@@ -37,6 +37,8 @@ class FitStarted:
     trainable_params: int
     total_params: int
     processes: int = 1  # the world size: processes training together
+    adapter_params: int = 0  # LoRA adapters' parameters (0: no LoRA)
+    adapted_layers: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ import torch
 from torch import fx, nn
 
 from studio.engine.images import physical_memory
+from studio.engine.lora import has_adapters, tracer_leaves
 
 _STOCHASTIC_FUNCTIONS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
                          "feature_alpha_dropout", "stochastic_depth"}
@@ -105,7 +106,10 @@ def _trace(model: nn.Module, mode: str) -> tuple[fx.Graph, dict[fx.Node, str]]:
     from torchvision.models.feature_extraction import NodePathTracer, _set_default_tracer_kwargs
 
     model.train(mode == "train")
-    tracer = NodePathTracer(**_set_default_tracer_kwargs(None))
+    extra: dict[str, Any] = {}
+    if has_adapters(n for n, _ in model.named_parameters()):  # an adapted layer is one step
+        extra["leaf_modules"] = list(tracer_leaves())
+    tracer = NodePathTracer(**_set_default_tracer_kwargs(extra))
     graph = tracer.trace(model)
     return graph, dict(tracer.node_to_qualname)
 

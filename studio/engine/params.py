@@ -33,6 +33,30 @@ def is_under(name: str, module: str) -> bool:
     return not module or name == module or name.startswith(module + ".")
 
 
+# LoRA (studio.engine.lora) wraps an adapted layer: its weight ``fc.weight`` becomes
+# ``fc.base_layer.weight`` beside the adapters ``fc.lora_A.default.weight``. Patterns are
+# matched against the base name, the one the layer tree shows, so a spec means the same with
+# or without adapters; the adapters always train and the adapted weights never do.
+_BASE_LAYER = ".base_layer"
+_ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.",
+                  ".lora_magnitude_vector.")
+
+
+def base_name(name: str) -> str:
+    """``fc.base_layer.weight`` → ``fc.weight``: the name without LoRA's wrapping."""
+    return name.replace(_BASE_LAYER + ".", ".") if _BASE_LAYER in name else name
+
+
+def is_adapter(name: str) -> bool:
+    """A LoRA adapter's parameter (it always trains)."""
+    return any(part in name for part in _ADAPTER_PARTS)
+
+
+def is_adapted(name: str) -> bool:
+    """A weight of a layer LoRA adapts (it stays frozen and bit-identical)."""
+    return (_BASE_LAYER + ".") in name and not is_adapter(name)
+
+
 # ---------------------------------------------------------------------------------------------
 # The tree
 
@@ -144,6 +168,11 @@ def resolve_frozen(names: Sequence[str], spec: FreezeSpec, head: str) -> frozens
         frozen |= _matching(names, pattern, "freeze")
     for pattern in spec.unfreeze:
         frozen -= _matching(names, pattern, "unfreeze")
+    for name in names:  # LoRA: the adapters train, what they adapt does not
+        if is_adapter(name):
+            frozen.discard(name)
+        elif is_adapted(name):
+            frozen.add(name)
     return frozenset(frozen)
 
 
@@ -152,9 +181,9 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 def _matching(names: Sequence[str], pattern: str, what: str) -> set[str]:
     if _GLOB_CHARS.search(pattern):
-        found = {n for n in names if matches(n, pattern)}
+        found = {n for n in names if matches(base_name(n), pattern)}
     else:  # a plain name or module prefix: no glob machinery needed
-        found = {n for n in names if is_under(n, pattern)}
+        found = {n for n in names if is_under(base_name(n), pattern)}
     if not found:
         raise ConfigError(f"{what} pattern {pattern!r} matches no parameter of this model; "
                           f"parameter names look like {_example(names)}")
@@ -250,8 +279,9 @@ class GroupAssignment:
 def assign_groups(names: Sequence[str], groups: Sequence[ParamGroupSpec]) -> GroupAssignment:
     group_of: dict[str, str] = {}
     for name in names:
+        plain = base_name(name)
         group_of[name] = next((g.name for g in groups
-                               if any(matches(name, p) for p in g.patterns)), DEFAULT_GROUP)
+                               if any(matches(plain, p) for p in g.patterns)), DEFAULT_GROUP)
     used = set(group_of.values())
     order = [g.name for g in groups]
     if DEFAULT_GROUP in used and DEFAULT_GROUP not in order:

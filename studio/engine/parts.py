@@ -20,6 +20,7 @@ from studio.engine.config import ConfigError, FreezeSpec, RunConfig
 from studio.engine.data import DatasetScan, scan_folder
 from studio.engine.errors import StudioError
 from studio.engine.images import FolderDataset, build_transforms
+from studio.engine.lora import LoraReport
 from studio.engine.optim import make_criterion, make_optimizer, regroup
 from studio.engine.params import (
     apply_freeze,
@@ -57,6 +58,7 @@ class Parts:
     bn_frozen: bool = True
     stage_index: int = -1
     loaders: list[DataLoader] = field(default_factory=list)
+    lora: LoraReport | None = None  # the adapters, when config.lora has targets
 
     @property
     def device(self) -> torch.device:
@@ -165,6 +167,11 @@ def build_parts(config: RunConfig, scan: DatasetScan | None = None,
         scan = scan_folder(cfg.data.root, cfg.data.val_fraction, cfg.train.seed)
     built = build_model(cfg.model, len(scan.classes), cfg.data.image_size)
     model = built.model
+    lora = None
+    if cfg.lora.enabled:  # adapters before anything reads the parameter names
+        from studio.engine.lora import attach
+
+        lora = attach(model, cfg.lora, built.head, built.preprocessing.crop)
     if cfg.train.sync_bn and placement.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         built.model = model
@@ -186,7 +193,7 @@ def build_parts(config: RunConfig, scan: DatasetScan | None = None,
         val_sampler=placement.wrap_sampler(len(val_samples), shuffle=False),
         loader_settings={"pin_memory": device.type == "cuda",
                          **loader_workers(cfg.train.workers)},
-        generator=torch.Generator().manual_seed(cfg.train.seed))
+        generator=torch.Generator().manual_seed(cfg.train.seed), lora=lora)
     check_plan(parts)
     prep = built.preprocessing
     parts.make_loaders(FolderDataset(train_samples, build_transforms(prep, cfg.data.augment,

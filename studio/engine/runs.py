@@ -311,12 +311,20 @@ def rebuild_model(config: RunConfig, labels: list[str], prep: dict[str, Any],
     if backbone_info(config.model.backbone).family in ("inception", "googlenet") \
             and config.model.weights != "none" and not is_weights_file(config.model.weights):
         model.transform_input = True  # type: ignore[assignment]
+    if config.lora.enabled:  # the checkpoint holds the adapters beside the base weights
+        from studio.engine.lora import attach
+
+        attach(model, config.lora, built.head, size)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as failure:
         first = first_line(failure)
         raise error(f"checkpoint {path} does not fit {config.model.backbone} with "
                     f"{len(labels)} classes ({first})") from failure
+    if config.lora.enabled:  # evaluate, predict and export see the plain merged backbone
+        from studio.engine.lora import merge_adapters
+
+        merge_adapters(model)
     return model.eval()
 
 

@@ -241,7 +241,9 @@ class Trainer:
             val_images=len(parts.scan.splits["val"]), classes=tuple(parts.scan.classes),
             device=device_label(parts.device), precision=parts.precision,
             channels_last=parts.channels_last, trainable_params=counts.trainable,
-            total_params=counts.total, processes=placement.world_size))
+            total_params=counts.total, processes=placement.world_size,
+            adapter_params=parts.lora.adapter_params if parts.lora else 0,
+            adapted_layers=len(parts.lora.layers) if parts.lora else 0))
         for message in [*parts.scan.warnings, *parts.built.notes]:
             self._emit("on_warning", WarningIssued(message))
         self._announce_stage(start)

@@ -23,6 +23,7 @@ from studio.engine.events import (
     WarningIssued,
     weights_label,
 )
+from studio.engine.lora import lora_line
 from studio.format import format_duration
 from studio.ui.text import plural
 
@@ -138,6 +139,9 @@ class RunProgress:
         # exact counts, as on the Layers page: a head-only run trains a few thousand of millions
         trainable = (f"{event.trainable_params:,} of {event.total_params:,} parameters "
                      f"trainable")
+        if event.adapted_layers:
+            trainable = lora_line(event.trainable_params, event.total_params,
+                                  event.adapter_params, event.adapted_layers)
         self.run_info_label.setText(
             f"{event.device} · {event.precision} · {event.train_images:,} train / "
             f"{event.val_images:,} val images · {plural(len(event.classes), 'class', 'classes')}"
