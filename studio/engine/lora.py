@@ -107,7 +107,7 @@ def resolve_layers(model: nn.Module, targets: Sequence[str], head: str,
     layers = adaptable_layers(model, head, image_size)
     chosen: set[str] = set()
     for pattern in targets:
-        found = {layer for layer in layers if matches(layer, pattern) or is_under(layer, pattern)}
+        found = set(choose(layers, [pattern]))
         if not found:
             raise ConfigError(
                 f"LoRA target {pattern!r} holds no Linear, Conv2d or attention layer outside "
@@ -207,3 +207,24 @@ def tracer_leaves() -> tuple[type[Any], ...]:
     except ImportError:
         return ()
     return (BaseTunerLayer,)
+
+
+def adapter_size(module: nn.Module, rank: int) -> int:
+    """Parameters peft's adapter on ``module`` holds at ``rank``: A (in → r) and B (r → out);
+    an attention layer has one pair on its fused input projection (E → r → 3E) and one on its
+    output projection (E → r → E). Counted without building anything (the layer tree)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return rank * 6 * module.embed_dim
+    if isinstance(module, nn.Conv2d):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        return rank * (module.in_channels * kernel + module.out_channels)
+    if isinstance(module, nn.Linear):
+        return rank * (module.in_features + module.out_features)
+    return 0
+
+
+def choose(layers: Sequence[str], targets: Sequence[str]) -> list[str]:
+    """The layers among ``layers`` that ``targets`` reach (no error for a target that reaches
+    none: the layer tree shows what a spec does while it is edited)."""
+    return [layer for layer in layers
+            if any(matches(layer, t) or is_under(layer, t) for t in targets)]

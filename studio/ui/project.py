@@ -18,12 +18,13 @@ from studio.engine.backbones import ModelDescription
 from studio.engine.config import (
     ConfigError,
     FreezeSpec,
+    LoraSpec,
     ParamGroupSpec,
     RunConfig,
     StageSpec,
 )
 from studio.engine.data import DatasetScan
-from studio.engine.params import matches, resolve_frozen, spec_for_frozen
+from studio.engine.params import compress, matches, resolve_frozen, spec_for_frozen
 
 
 class ProjectModel(QObject):
@@ -38,6 +39,7 @@ class ProjectModel(QObject):
         self._scan: DatasetScan | None = None
         self._description: ModelDescription | None = None
         self._path = ""
+        self._adaptable: tuple[ModelDescription | None, tuple[str, ...]] = (None, ())
 
     # -- state ----------------------------------------------------------------------------
 
@@ -71,6 +73,27 @@ class ProjectModel(QObject):
         except ConfigError:
             return frozenset()
 
+    def adaptable(self) -> tuple[str, ...]:
+        """The layers of the current model LoRA can adapt (found once per model)."""
+        description = self._description
+        if description is None:
+            return ()
+        if self._adaptable[0] is not description:
+            from studio.engine.lora import adaptable_layers
+
+            size = self._config.data.image_size or 224
+            self._adaptable = (description, tuple(adaptable_layers(description.model,
+                                                                    description.head, size)))
+        return self._adaptable[1]
+
+    def lora_layers(self) -> frozenset[str]:
+        """The layers the config's LoRA targets adapt in the current model."""
+        if not self._config.lora.enabled:
+            return frozenset()
+        from studio.engine.lora import choose
+
+        return frozenset(choose(self.adaptable(), self._config.lora.targets))
+
     # -- edits ----------------------------------------------------------------------------
 
     def set_config(self, config: RunConfig) -> None:
@@ -87,13 +110,30 @@ class ProjectModel(QObject):
     def set_freeze(self, spec: FreezeSpec) -> None:
         self.set_config(self._config.replace(freeze=spec))
 
-    def set_frozen(self, names: Iterable[str]) -> None:
-        """Freeze exactly ``names`` (what the layer tree edits), stored as a compact spec."""
+    def set_frozen(self, names: Iterable[str], lora_layers: Iterable[str] | None = None
+                   ) -> None:
+        """Freeze exactly ``names`` (what the layer tree edits), stored as a compact spec; with
+        ``lora_layers``, adapt exactly those in the same edit."""
         if self._description is None:
             return
         spec = spec_for_frozen(self._description.names, names, self._description.head,
                                self._config.freeze.bn_frozen)
-        self.set_freeze(spec)
+        config = self._config.replace(freeze=spec)
+        if lora_layers is not None:
+            config = config.replace(lora=self.lora_spec(lora_layers))
+        self.set_config(config)
+
+    def lora_spec(self, layers: Iterable[str]) -> LoraSpec:
+        """The config's LoRA spec adapting exactly ``layers`` (as the fewest module names)."""
+        adaptable = self.adaptable()
+        chosen = set(layers) & set(adaptable)
+        targets = compress(adaptable, chosen) if chosen else ()
+        return dataclasses.replace(self._config.lora, targets=targets)
+
+    def set_lora_layers(self, layers: Iterable[str]) -> None:
+        """Adapt exactly ``layers`` (what the layer tree edits), stored as the fewest module
+        names that reach them and no other adaptable layer."""
+        self.set_config(self._config.replace(lora=self.lora_spec(layers)))
 
     def set_groups(self, groups: Sequence[ParamGroupSpec]) -> None:
         self.update("optim", groups=tuple(groups))
@@ -148,5 +188,6 @@ def reconcile(config: RunConfig, names: Sequence[str]) -> RunConfig:
         if patterns:
             groups.append(dataclasses.replace(group, patterns=patterns))
     stages = tuple(dataclasses.replace(s, freeze=fix_spec(s.freeze)) for s in config.stages)
-    return config.replace(freeze=fix_spec(config.freeze), stages=stages,
+    lora = dataclasses.replace(config.lora, targets=alive(config.lora.targets))
+    return config.replace(freeze=fix_spec(config.freeze), stages=stages, lora=lora,
                           optim=dataclasses.replace(config.optim, groups=tuple(groups)))

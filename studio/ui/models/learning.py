@@ -10,11 +10,12 @@ no figures and its cells stay empty.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from studio.engine.events import LayerStats
-from studio.engine.params import ParamNode
+from studio.engine.params import ParamNode, base_name, is_adapter
 
 LOW_RATIO = 1e-4  # an update this small relative to the weights barely changes the layer
 
@@ -96,3 +97,29 @@ def format_norm(value: float) -> str:
     if 1e-2 <= abs(value) < 1e4:
         return f"{value:.3g}"
     return format_ratio(value)
+
+
+def on_tree_names(event: LayerStats, known: Mapping[str, int], leaf_names: Sequence[str],
+                  leaf_lo: Sequence[int]) -> LayerStats:
+    """``event`` keyed by the tree's names. A LoRA run reports ``fc.base_layer.weight`` and
+    its adapters ``fc.lora_A.default.weight``; the tree shows the base model, so an adapter's
+    figures go to the first parameter of the layer it adapts (``fc.weight``): that row then
+    shows how the adapted layer learns. Unchanged when every name is the tree's."""
+    if all(name in known for name in event.grad_norm):
+        return event
+    grad2: dict[str, float] = {}
+    update2: dict[str, float] = {}
+    weight2: dict[str, float] = {}
+    for name, grad in event.grad_norm.items():
+        key = base_name(name)
+        if is_adapter(name):
+            layer = key.split(".lora_", 1)[0]
+            node = known.get(layer)
+            key = leaf_names[leaf_lo[node]] if node is not None else name
+        grad2[key] = grad2.get(key, 0.0) + grad * grad
+        update2[key] = update2.get(key, 0.0) + event.update_norm.get(name, 0.0) ** 2
+        weight2[key] = weight2.get(key, 0.0) + event.weight_norm.get(name, 0.0) ** 2
+    root = {k: math.sqrt(v) for k, v in grad2.items()}
+    return dataclasses.replace(event, grad_norm=root,
+                               update_norm={k: math.sqrt(v) for k, v in update2.items()},
+                               weight_norm={k: math.sqrt(v) for k, v in weight2.items()})

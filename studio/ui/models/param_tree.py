@@ -33,8 +33,14 @@ from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette
 from studio.engine.backbones import ModelDescription
 from studio.engine.errors import ConfigError
 from studio.engine.events import LayerStats
-from studio.engine.params import ParamNode, resolve_frozen
-from studio.ui.models.learning import LOW_RATIO, NodeFigures, format_norm, format_ratio
+from studio.engine.params import ParamNode, is_under, resolve_frozen
+from studio.ui.models.learning import (
+    LOW_RATIO,
+    NodeFigures,
+    format_norm,
+    format_ratio,
+    on_tree_names,
+)
 from studio.ui.project import ProjectModel
 
 FULL_NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # str: the full dotted name
@@ -42,12 +48,15 @@ NUMEL_ROLE = Qt.ItemDataRole.UserRole + 2  # int: parameters in this row (a modu
 TRAINABLE_ROLE = Qt.ItemDataRole.UserRole + 3  # int: trainable parameters in this row
 IS_LEAF_ROLE = Qt.ItemDataRole.UserRole + 4  # bool: a parameter tensor, not a module
 
-NAME_COLUMN, SHAPE_COLUMN, PARAMS_COLUMN, GRAD_COLUMN, RATIO_COLUMN = range(5)
-HEADERS = ("Name", "Shape", "Parameters", "Grad norm", "Update / weight")
+NAME_COLUMN, SHAPE_COLUMN, PARAMS_COLUMN, LORA_COLUMN, GRAD_COLUMN, RATIO_COLUMN = range(6)
+HEADERS = ("Name", "Shape", "Parameters", "LoRA", "Grad norm", "Update / weight")
 HEADER_TIPS = (
-    "Modules and their parameter tensors; tick a row to train it, untick it to freeze it",
+    "Modules and their parameter tensors; tick a row to train it, untick it to freeze it; "
+    "right-click a module to put LoRA adapters on its layers",
     "The shape of each parameter tensor",
     "How many numbers each tensor (or module, in total) holds",
+    "LoRA adapters: a layer's rank, or how many adapted layers a module holds; an adapted "
+    "layer's own weights stay frozen while its small adapter trains",
     "During a run: the L2 norm of this row's gradient at the last sampled step (its trainable "
     "parameters taken together; frozen rows stay empty)",
     "During a run: how far the last sampled step moved this row's weights, ||Δw|| / ||w||; "
@@ -55,6 +64,7 @@ HEADER_TIPS = (
 )
 LEARNING_COLUMNS = (GRAD_COLUMN, RATIO_COLUMN)
 LOW_RATIO_COLOUR = QColor(178, 106, 0)  # amber: readable on light and dark rows alike
+LORA_COLOUR = QColor(0, 131, 143)  # teal: the third state, beside trainable and frozen
 
 Index = QModelIndex | QPersistentModelIndex
 ROOT = QModelIndex()  # the invisible root, as a default argument
@@ -87,6 +97,8 @@ class ParamTreeModel(QAbstractItemModel):
         self._description: ModelDescription | None = None
         self._frozen: frozenset[str] = frozenset()
         self._freeze_error = ""
+        self._lora: frozenset[str] = frozenset()  # module names of the adapted layers
+        self._rank = project.config.lora.rank
         self._learning = NodeFigures()  # the live learning columns' figures, per node
         self._clear()
         self._italic = QFont()
@@ -107,8 +119,16 @@ class ParamTreeModel(QAbstractItemModel):
         return self._freeze_error
 
     def counts(self) -> tuple[int, int]:
-        """(trainable, total) parameters of the whole model."""
-        return self._trainable_numel_prefix[-1], self._numel_total
+        """(trainable, total) parameters of the whole model, LoRA adapters included."""
+        adapters = self.adapter_params()
+        return self._trainable_numel_prefix[-1] + adapters, self._numel_total + adapters
+
+    def adapter_params(self) -> int:
+        return sum(self._adapter_size.values())
+
+    @property
+    def lora_layers(self) -> frozenset[str]:
+        return self._lora
 
     def full_name(self, index: Index) -> str:
         return self._nodes[self._id(index)].name if index.isValid() else ""
@@ -132,9 +152,33 @@ class ParamTreeModel(QAbstractItemModel):
             frozen -= names
         else:
             frozen |= names
-        if frozen != self._frozen:
-            self._project.set_frozen(frozen)
+        # a tick or an untick on an adapted layer ends its LoRA: the box means what it shows
+        lora = {layer for layer in self._lora if not any(is_under(n, layer) for n in names)}
+        if frozen != self._frozen or lora != self._lora:
+            self._project.set_frozen(frozen, lora_layers=lora)
         return True
+
+    def set_lora(self, indexes: Iterable[Index], on: bool) -> bool:
+        """Put LoRA adapters on (or take them off) every adaptable layer under ``indexes``."""
+        if self._description is None:
+            return False
+        rows = [self.full_name(i) for i in indexes if i.isValid() and i.model() is self]
+        layers = {layer for layer in self._project.adaptable()
+                  if any(is_under(layer, row) for row in rows)}
+        if not layers:
+            return False
+        self._project.set_lora_layers(self._lora | layers if on else self._lora - layers)
+        return True
+
+    def lora_under(self, index: Index) -> int:
+        """How many adapted layers are at or under ``index``."""
+        row = self.full_name(index)
+        return sum(is_under(layer, row) for layer in self._lora)
+
+    def adaptable_under(self, index: Index) -> int:
+        """How many layers under ``index`` LoRA can adapt."""
+        row = self.full_name(index)
+        return sum(is_under(layer, row) for layer in self._project.adaptable())
 
     @property
     def learning_step(self) -> int | None:
@@ -145,6 +189,7 @@ class ParamTreeModel(QAbstractItemModel):
         """Show a sampled step's figures in the learning columns; False (and empty columns)
         when the event names a parameter this tree does not have: it is of another model."""
         known = self._id_of_name
+        event = on_tree_names(event, known, self._leaf_names, self._leaf_lo)
         if self._description is None or any(name not in known for name in event.grad_norm):
             self.clear_layer_stats()
             return False
@@ -222,6 +267,8 @@ class ParamTreeModel(QAbstractItemModel):
                 return format_shape(node.shape) if node.is_leaf else ""
             if column == PARAMS_COLUMN:
                 return f"{node.numel:,}"
+            if column == LORA_COLUMN:
+                return self._lora_text(node_id)
             return self._learning_text(node_id, column)
         if role == Qt.ItemDataRole.CheckStateRole:
             return self._state(node_id) if column == NAME_COLUMN else None
@@ -230,11 +277,13 @@ class ParamTreeModel(QAbstractItemModel):
                 ratio = self._learning.update_ratio(node_id)
                 if ratio is not None and ratio < LOW_RATIO:
                     return LOW_RATIO_COLOUR
+            if node_id in self._adapter_size or self._adapted_leaf(node_id):
+                return LORA_COLOUR
             return self._frozen_brush if self._state(node_id) == UNCHECKED else None
         if role == Qt.ItemDataRole.FontRole:
             return self._italic if self._state(node_id) == UNCHECKED else None
         if role == Qt.ItemDataRole.TextAlignmentRole:
-            if column in (PARAMS_COLUMN, *LEARNING_COLUMNS):
+            if column in (PARAMS_COLUMN, LORA_COLUMN, *LEARNING_COLUMNS):
                 return Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
             return None
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -297,6 +346,9 @@ class ParamTreeModel(QAbstractItemModel):
         self._trainable_prefix: list[int] = [0]
         self._trainable_numel_prefix: list[int] = [0]
         self._numel_total = 0
+        self._adapter_size: dict[int, int] = {}  # adapted layer's node → its adapter's size
+        self._lora_count: dict[int, int] = {}  # node → adapted layers at or under it
+        self._lora_leaves: set[str] = set()
         self._learning.clear()
 
     def _rebuild(self, description: ModelDescription | None) -> None:
@@ -309,6 +361,8 @@ class ParamTreeModel(QAbstractItemModel):
         self._frozen_brush = QGuiApplication.palette().brush(QPalette.ColorGroup.Disabled,
                                                              QPalette.ColorRole.Text)
         self._frozen = self._project.frozen() if description is not None else frozenset()
+        self._lora = self._project.lora_layers() if description is not None else frozenset()
+        self._rank = self._project.config.lora.rank
         self._recount()
         self.endResetModel()
         self.counts_changed.emit(*self.counts())
@@ -350,21 +404,45 @@ class ParamTreeModel(QAbstractItemModel):
         return out
 
     def _recount(self) -> None:
+        self._count_lora()
         count, numel = [0], [0]
         for name, size in zip(self._leaf_names, self._leaf_numel, strict=True):
-            trainable = name not in self._frozen
+            trainable = name not in self._frozen and name not in self._lora_leaves
             count.append(count[-1] + trainable)
             numel.append(numel[-1] + (size if trainable else 0))
         self._trainable_prefix, self._trainable_numel_prefix = count, numel
 
+    def _count_lora(self) -> None:
+        """The adapted layers' nodes, their adapters' sizes, their leaves, and per module how
+        many adapted layers it holds."""
+        from studio.engine.lora import adapter_size
+
+        self._adapter_size, self._lora_count, self._lora_leaves = {}, {}, set()
+        if self._description is None or not self._lora:
+            return
+        modules = dict(self._description.model.named_modules())
+        for layer in self._lora:
+            node = self._id_of_name.get(layer)
+            if node is None:
+                continue
+            self._adapter_size[node] = adapter_size(modules[layer], self._rank)
+            self._lora_leaves.update(self._leaf_names[self._leaf_lo[node]:self._leaf_hi[node]])
+            while node > 0:
+                self._lora_count[node] = self._lora_count.get(node, 0) + 1
+                node = self._parent[node]
+
     def _refresh_frozen(self) -> None:
         frozen = self._project.frozen()
+        lora, rank = self._project.lora_layers(), self._project.config.lora.rank
         self._check_spec()
-        if frozen == self._frozen:
+        if (frozen, lora, rank) == (self._frozen, self._lora, self._rank):
             return
         before = [self._state(i) for i in range(len(self._nodes))]
-        self._frozen = frozen
+        lora_before = dict(self._lora_count), dict(self._adapter_size)
+        self._frozen, self._lora, self._rank = frozen, lora, rank
         self._recount()
+        if (self._lora_count, self._adapter_size) != lora_before:  # texts, colours and tips
+            before = [None] * len(before)  # type: ignore[list-item]
         self._emit_changed(before)
         self.counts_changed.emit(*self.counts())
 
@@ -386,7 +464,8 @@ class ParamTreeModel(QAbstractItemModel):
         """dataChanged for each run of siblings whose state changed: few signals, all valid."""
         last = len(HEADERS) - 1
         roles = [Qt.ItemDataRole.CheckStateRole, Qt.ItemDataRole.ForegroundRole,
-                 Qt.ItemDataRole.FontRole, Qt.ItemDataRole.ToolTipRole, TRAINABLE_ROLE]
+                 Qt.ItemDataRole.FontRole, Qt.ItemDataRole.ToolTipRole, TRAINABLE_ROLE,
+                 Qt.ItemDataRole.DisplayRole]  # the LoRA column's text
         for kids in self._children:
             start = None
             for row, kid in enumerate([*kids, None]):
@@ -408,6 +487,16 @@ class ParamTreeModel(QAbstractItemModel):
                 self.dataChanged.emit(self.createIndex(0, GRAD_COLUMN, kids[0]),
                                       self.createIndex(len(kids) - 1, RATIO_COLUMN, kids[-1]),
                                       roles)
+
+    def _lora_text(self, node_id: int) -> str:
+        if node_id in self._adapter_size:
+            return f"rank {self._rank}"
+        count = self._lora_count.get(node_id, 0)
+        return "" if not count else ("1 layer" if count == 1 else f"{count} layers")
+
+    def _adapted_leaf(self, node_id: int) -> bool:
+        node = self._nodes[node_id]
+        return node.is_leaf and node.name in self._lora_leaves
 
     def _learning_text(self, node_id: int, column: int) -> str:
         figures = self._learning
@@ -452,12 +541,30 @@ class ParamTreeModel(QAbstractItemModel):
         if column == NAME_COLUMN:
             kind = self._types.get(node_id, "parameter" if node.is_leaf else "module")
             status = {CHECKED: "trainable", UNCHECKED: "frozen", PARTIAL: "partly frozen"}[state]
+            if node_id in self._adapter_size:
+                status = (f"LoRA rank {self._rank}: its weights stay frozen and an adapter of "
+                          f"{self._adapter_size[node_id]:,} parameters trains")
+            elif self._adapted_leaf(node_id):
+                status = "frozen: its layer has a LoRA adapter"
             return f"{node.name} ({kind}, {status})"
+        if column == LORA_COLUMN:
+            return self._lora_tooltip(node_id)
         if column == PARAMS_COLUMN:
             return f"{self._trainable_numel(node_id):,} of {node.numel:,} trainable"
         if column in LEARNING_COLUMNS:
             return self._learning_tooltip(node_id, column)
         return f"{node.name}: {format_shape(node.shape)}" if node.is_leaf else node.name
+
+    def _lora_tooltip(self, node_id: int) -> str:
+        node = self._nodes[node_id]
+        if node_id in self._adapter_size:
+            return (f"{node.name}: LoRA rank {self._rank}, {self._adapter_size[node_id]:,} "
+                    f"adapter parameters")
+        count = self._lora_count.get(node_id, 0)
+        if count:
+            return f"{node.name}: {count} of its layers have LoRA adapters"
+        return "Right-click a module to put LoRA adapters on its Linear, Conv2d and attention "\
+               "layers"
 
     @staticmethod
     def _id(index: Index) -> int:

@@ -39,11 +39,13 @@ from PySide6.QtWidgets import (
 from studio.engine.backbones import ModelDescription
 from studio.engine.config import FreezeSpec, RunConfig
 from studio.engine.events import FitEnded, FitStarted, LayerStats
+from studio.engine.lora import lora_line
 from studio.ui.models.learning import LOW_RATIO
 from studio.ui.models.param_tree import (
     FULL_NAME_ROLE,
     HEADERS,
     LEARNING_COLUMNS,
+    LORA_COLUMN,
     NAME_COLUMN,
     PARAMS_COLUMN,
     SHAPE_COLUMN,
@@ -51,6 +53,7 @@ from studio.ui.models.param_tree import (
     format_shape,
 )
 from studio.ui.project import ProjectModel
+from studio.ui.widgets.lora_bar import LoraBar
 
 PLACEHOLDER = "Pick a dataset and a backbone to see its layers"
 ERROR_STYLE = "color: #c62828;"
@@ -116,6 +119,7 @@ class LayersPanel(QWidget):
         header.setSectionResizeMode(NAME_COLUMN, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(SHAPE_COLUMN, QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(PARAMS_COLUMN, QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(LORA_COLUMN, QHeaderView.ResizeMode.Interactive)
         for column in LEARNING_COLUMNS:
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
             self.tree.setColumnHidden(column, True)  # shown while a run is live
@@ -137,6 +141,7 @@ class LayersPanel(QWidget):
             "the run in progress (refreshed up to twice a second); frozen rows stay empty. An "
             "update / weight ratio in amber is so small that the layer hardly changes")
         self.learning_label.hide()
+        self.lora_bar = LoraBar(project)
         self._run_description: ModelDescription | None = None  # the live run's, from its start
 
         self.placeholder = QLabel(PLACEHOLDER)
@@ -178,6 +183,7 @@ class LayersPanel(QWidget):
         column.addLayout(presets)
         column.addWidget(self.tree, 1)
         column.addWidget(self.error_label)
+        column.addWidget(self.lora_bar)
         column.addLayout(footer)
 
         self.stack = QStackedWidget()
@@ -210,7 +216,12 @@ class LayersPanel(QWidget):
         self.bn_check.blockSignals(False)
 
     def _on_model_counts_changed(self, trainable: int, total: int) -> None:
-        self.summary_label.setText(summary_text(trainable, total))
+        adapters = self.model.adapter_params()
+        if adapters:
+            self.summary_label.setText(lora_line(trainable, total, adapters,
+                                                 len(self.model.lora_layers)))
+        else:
+            self.summary_label.setText(summary_text(trainable, total))
 
     def _on_model_model_reset(self) -> None:
         self._size_columns()
@@ -287,6 +298,18 @@ class LayersPanel(QWidget):
         train = menu.addAction("Train selected" if many else "Train this")
         train.setToolTip("Train every parameter in this row (or the selected rows)")
         train.triggered.connect(lambda: self.model.set_trainable(rows, True))
+        adaptable = sum(self.model.adaptable_under(row) for row in rows)
+        if adaptable:
+            rank = self._project.config.lora.rank
+            lora = menu.addAction(f"LoRA on {'selected' if many else 'this'} (rank {rank})")
+            lora.setToolTip(f"Put LoRA adapters on the {adaptable} Linear, Conv2d and "
+                            f"attention layers here: their weights stay frozen, the adapters "
+                            f"train")
+            lora.triggered.connect(lambda: self.model.set_lora(rows, True))
+            if any(self.model.lora_under(row) for row in rows):
+                off = menu.addAction("Remove LoRA here")
+                off.setToolTip("Take the LoRA adapters off the layers here (they stay frozen)")
+                off.triggered.connect(lambda: self.model.set_lora(rows, False))
         menu.addSeparator()
         expand = menu.addAction("Expand all")
         expand.setToolTip("Open every module in the tree")
@@ -354,6 +377,7 @@ class LayersPanel(QWidget):
         padding = 4 * metrics.horizontalAdvance("M")
         self.tree.setColumnWidth(SHAPE_COLUMN, shape_width + padding)
         self.tree.setColumnWidth(PARAMS_COLUMN, count_width + padding)
+        self.tree.setColumnWidth(LORA_COLUMN, metrics.horizontalAdvance("12 layers") + padding)
         for column in LEARNING_COLUMNS:  # "1.2e-3" is narrower than its header
             self.tree.setColumnWidth(column, metrics.horizontalAdvance(HEADERS[column]) + padding)
 
