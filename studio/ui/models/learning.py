@@ -123,3 +123,30 @@ def on_tree_names(event: LayerStats, known: Mapping[str, int], leaf_names: Seque
     return dataclasses.replace(event, grad_norm=root,
                                update_norm={k: math.sqrt(v) for k, v in update2.items()},
                                weight_norm={k: math.sqrt(v) for k, v in weight2.items()})
+
+
+def learning_text(figures: NodeFigures, node_id: int, grad: bool) -> str:
+    """A learning cell: the gradient norm (``grad``) or the update ratio, "" when none."""
+    if grad:
+        value = figures.grad_norm(node_id)
+        return "" if value is None else format_norm(value)
+    ratio = figures.update_ratio(node_id)
+    return "" if ratio is None else format_ratio(ratio)
+
+
+def learning_tooltip(figures: NodeFigures, node_id: int, node: ParamNode, grad: bool) -> str:
+    reported = figures.reported(node_id)
+    if not reported:
+        if figures.global_step is None:
+            return "Filled in while a run trains"
+        return f"{node.name}: frozen in this run (or no gradient reached it)"
+    over = "" if node.is_leaf else f" over its {reported} trainable tensors"
+    step = figures.global_step
+    if grad:
+        return f"{node.name}: ||grad|| = {figures.grad_norm(node_id):.4g}{over} (step {step})"
+    ratio = figures.update_ratio(node_id)
+    assert ratio is not None
+    if ratio == float("inf"):
+        return f"{node.name}: its weights were all zero before step {step}"
+    verdict = " — hardly learning" if ratio < LOW_RATIO else ""
+    return f"{node.name}: ||Δw|| / ||w|| = {ratio:.3g}{over} (step {step}){verdict}"

@@ -37,10 +37,11 @@ from studio.engine.params import ParamNode, is_under, resolve_frozen
 from studio.ui.models.learning import (
     LOW_RATIO,
     NodeFigures,
-    format_norm,
-    format_ratio,
+    learning_text,
+    learning_tooltip,
     on_tree_names,
 )
+from studio.ui.models.lora_marks import LoraMarks
 from studio.ui.project import ProjectModel
 
 FULL_NAME_ROLE = Qt.ItemDataRole.UserRole + 1  # str: the full dotted name
@@ -97,8 +98,7 @@ class ParamTreeModel(QAbstractItemModel):
         self._description: ModelDescription | None = None
         self._frozen: frozenset[str] = frozenset()
         self._freeze_error = ""
-        self._lora: frozenset[str] = frozenset()  # module names of the adapted layers
-        self._rank = project.config.lora.rank
+        self._marks = LoraMarks()  # the third state: which rows LoRA adapts
         self._learning = NodeFigures()  # the live learning columns' figures, per node
         self._clear()
         self._italic = QFont()
@@ -124,11 +124,11 @@ class ParamTreeModel(QAbstractItemModel):
         return self._trainable_numel_prefix[-1] + adapters, self._numel_total + adapters
 
     def adapter_params(self) -> int:
-        return sum(self._adapter_size.values())
+        return self._marks.adapter_params
 
     @property
     def lora_layers(self) -> frozenset[str]:
-        return self._lora
+        return self._marks.layers
 
     def full_name(self, index: Index) -> str:
         return self._nodes[self._id(index)].name if index.isValid() else ""
@@ -153,8 +153,9 @@ class ParamTreeModel(QAbstractItemModel):
         else:
             frozen |= names
         # a tick or an untick on an adapted layer ends its LoRA: the box means what it shows
-        lora = {layer for layer in self._lora if not any(is_under(n, layer) for n in names)}
-        if frozen != self._frozen or lora != self._lora:
+        lora = {layer for layer in self.lora_layers
+                if not any(is_under(n, layer) for n in names)}
+        if frozen != self._frozen or lora != self.lora_layers:
             self._project.set_frozen(frozen, lora_layers=lora)
         return True
 
@@ -167,13 +168,14 @@ class ParamTreeModel(QAbstractItemModel):
                   if any(is_under(layer, row) for row in rows)}
         if not layers:
             return False
-        self._project.set_lora_layers(self._lora | layers if on else self._lora - layers)
+        current = self.lora_layers
+        self._project.set_lora_layers(current | layers if on else current - layers)
         return True
 
     def lora_under(self, index: Index) -> int:
         """How many adapted layers are at or under ``index``."""
         row = self.full_name(index)
-        return sum(is_under(layer, row) for layer in self._lora)
+        return sum(is_under(layer, row) for layer in self.lora_layers)
 
     def adaptable_under(self, index: Index) -> int:
         """How many layers under ``index`` LoRA can adapt."""
@@ -268,7 +270,7 @@ class ParamTreeModel(QAbstractItemModel):
             if column == PARAMS_COLUMN:
                 return f"{node.numel:,}"
             if column == LORA_COLUMN:
-                return self._lora_text(node_id)
+                return self._marks.text(node_id)
             return self._learning_text(node_id, column)
         if role == Qt.ItemDataRole.CheckStateRole:
             return self._state(node_id) if column == NAME_COLUMN else None
@@ -277,7 +279,7 @@ class ParamTreeModel(QAbstractItemModel):
                 ratio = self._learning.update_ratio(node_id)
                 if ratio is not None and ratio < LOW_RATIO:
                     return LOW_RATIO_COLOUR
-            if node_id in self._adapter_size or self._adapted_leaf(node_id):
+            if self._marks.marked(node_id, node):
                 return LORA_COLOUR
             return self._frozen_brush if self._state(node_id) == UNCHECKED else None
         if role == Qt.ItemDataRole.FontRole:
@@ -346,9 +348,7 @@ class ParamTreeModel(QAbstractItemModel):
         self._trainable_prefix: list[int] = [0]
         self._trainable_numel_prefix: list[int] = [0]
         self._numel_total = 0
-        self._adapter_size: dict[int, int] = {}  # adapted layer's node → its adapter's size
-        self._lora_count: dict[int, int] = {}  # node → adapted layers at or under it
-        self._lora_leaves: set[str] = set()
+        self._marks = LoraMarks()
         self._learning.clear()
 
     def _rebuild(self, description: ModelDescription | None) -> None:
@@ -361,8 +361,8 @@ class ParamTreeModel(QAbstractItemModel):
         self._frozen_brush = QGuiApplication.palette().brush(QPalette.ColorGroup.Disabled,
                                                              QPalette.ColorRole.Text)
         self._frozen = self._project.frozen() if description is not None else frozenset()
-        self._lora = self._project.lora_layers() if description is not None else frozenset()
-        self._rank = self._project.config.lora.rank
+        self._mark(self._project.lora_layers() if description is not None else frozenset(),
+                   self._project.config.lora.rank)
         self._recount()
         self.endResetModel()
         self.counts_changed.emit(*self.counts())
@@ -404,45 +404,32 @@ class ParamTreeModel(QAbstractItemModel):
         return out
 
     def _recount(self) -> None:
-        self._count_lora()
         count, numel = [0], [0]
         for name, size in zip(self._leaf_names, self._leaf_numel, strict=True):
-            trainable = name not in self._frozen and name not in self._lora_leaves
+            trainable = name not in self._frozen and name not in self._marks.leaves
             count.append(count[-1] + trainable)
             numel.append(numel[-1] + (size if trainable else 0))
         self._trainable_prefix, self._trainable_numel_prefix = count, numel
 
-    def _count_lora(self) -> None:
-        """The adapted layers' nodes, their adapters' sizes, their leaves, and per module how
-        many adapted layers it holds."""
-        from studio.engine.lora import adapter_size
-
-        self._adapter_size, self._lora_count, self._lora_leaves = {}, {}, set()
-        if self._description is None or not self._lora:
-            return
-        modules = dict(self._description.model.named_modules())
-        for layer in self._lora:
-            node = self._id_of_name.get(layer)
-            if node is None:
-                continue
-            self._adapter_size[node] = adapter_size(modules[layer], self._rank)
-            self._lora_leaves.update(self._leaf_names[self._leaf_lo[node]:self._leaf_hi[node]])
-            while node > 0:
-                self._lora_count[node] = self._lora_count.get(node, 0) + 1
-                node = self._parent[node]
+    def _mark(self, layers: frozenset[str], rank: int) -> bool:
+        description = self._description
+        modules = dict(description.model.named_modules()) if description and layers else {}
+        ranges = list(zip(self._leaf_lo, self._leaf_hi, strict=True))
+        return self._marks.mark(layers, rank, modules, self._id_of_name, self._leaf_names,
+                                ranges, self._parent)
 
     def _refresh_frozen(self) -> None:
         frozen = self._project.frozen()
         lora, rank = self._project.lora_layers(), self._project.config.lora.rank
         self._check_spec()
-        if (frozen, lora, rank) == (self._frozen, self._lora, self._rank):
+        marks = self._marks
+        if (frozen, lora, rank) == (self._frozen, marks.layers, marks.rank):
             return
         before = [self._state(i) for i in range(len(self._nodes))]
-        lora_before = dict(self._lora_count), dict(self._adapter_size)
-        self._frozen, self._lora, self._rank = frozen, lora, rank
-        self._recount()
-        if (self._lora_count, self._adapter_size) != lora_before:  # texts, colours and tips
+        self._frozen = frozen
+        if self._mark(lora, rank):  # texts, colours and tips of any row may change
             before = [None] * len(before)  # type: ignore[list-item]
+        self._recount()
         self._emit_changed(before)
         self.counts_changed.emit(*self.counts())
 
@@ -488,41 +475,12 @@ class ParamTreeModel(QAbstractItemModel):
                                       self.createIndex(len(kids) - 1, RATIO_COLUMN, kids[-1]),
                                       roles)
 
-    def _lora_text(self, node_id: int) -> str:
-        if node_id in self._adapter_size:
-            return f"rank {self._rank}"
-        count = self._lora_count.get(node_id, 0)
-        return "" if not count else ("1 layer" if count == 1 else f"{count} layers")
-
-    def _adapted_leaf(self, node_id: int) -> bool:
-        node = self._nodes[node_id]
-        return node.is_leaf and node.name in self._lora_leaves
-
     def _learning_text(self, node_id: int, column: int) -> str:
-        figures = self._learning
-        if column == GRAD_COLUMN:
-            grad = figures.grad_norm(node_id)
-            return "" if grad is None else format_norm(grad)
-        ratio = figures.update_ratio(node_id)
-        return "" if ratio is None else format_ratio(ratio)
+        return learning_text(self._learning, node_id, column == GRAD_COLUMN)
 
     def _learning_tooltip(self, node_id: int, column: int) -> str:
-        figures, node = self._learning, self._nodes[node_id]
-        reported = figures.reported(node_id)
-        if not reported:
-            if figures.global_step is None:
-                return "Filled in while a run trains"
-            return f"{node.name}: frozen in this run (or no gradient reached it)"
-        over = "" if node.is_leaf else f" over its {reported} trainable tensors"
-        step = figures.global_step
-        if column == GRAD_COLUMN:
-            return f"{node.name}: ||grad|| = {figures.grad_norm(node_id):.4g}{over} (step {step})"
-        ratio = figures.update_ratio(node_id)
-        assert ratio is not None
-        if ratio == float("inf"):
-            return f"{node.name}: its weights were all zero before step {step}"
-        verdict = " — hardly learning" if ratio < LOW_RATIO else ""
-        return f"{node.name}: ||Δw|| / ||w|| = {ratio:.3g}{over} (step {step}){verdict}"
+        return learning_tooltip(self._learning, node_id, self._nodes[node_id],
+                                column == GRAD_COLUMN)
 
     def _state(self, node_id: int) -> Qt.CheckState:
         lo, hi = self._leaf_lo[node_id], self._leaf_hi[node_id]
@@ -541,30 +499,15 @@ class ParamTreeModel(QAbstractItemModel):
         if column == NAME_COLUMN:
             kind = self._types.get(node_id, "parameter" if node.is_leaf else "module")
             status = {CHECKED: "trainable", UNCHECKED: "frozen", PARTIAL: "partly frozen"}[state]
-            if node_id in self._adapter_size:
-                status = (f"LoRA rank {self._rank}: its weights stay frozen and an adapter of "
-                          f"{self._adapter_size[node_id]:,} parameters trains")
-            elif self._adapted_leaf(node_id):
-                status = "frozen: its layer has a LoRA adapter"
+            status = self._marks.status(node_id, node) or status
             return f"{node.name} ({kind}, {status})"
         if column == LORA_COLUMN:
-            return self._lora_tooltip(node_id)
+            return self._marks.tooltip(node_id, node)
         if column == PARAMS_COLUMN:
             return f"{self._trainable_numel(node_id):,} of {node.numel:,} trainable"
         if column in LEARNING_COLUMNS:
             return self._learning_tooltip(node_id, column)
         return f"{node.name}: {format_shape(node.shape)}" if node.is_leaf else node.name
-
-    def _lora_tooltip(self, node_id: int) -> str:
-        node = self._nodes[node_id]
-        if node_id in self._adapter_size:
-            return (f"{node.name}: LoRA rank {self._rank}, {self._adapter_size[node_id]:,} "
-                    f"adapter parameters")
-        count = self._lora_count.get(node_id, 0)
-        if count:
-            return f"{node.name}: {count} of its layers have LoRA adapters"
-        return "Right-click a module to put LoRA adapters on its Linear, Conv2d and attention "\
-               "layers"
 
     @staticmethod
     def _id(index: Index) -> int:
