@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from studio.engine.lora import adapter_size
-from studio.engine.params import ParamNode
+from studio.engine.params import ParamNode, is_under
 
 
 @dataclass
@@ -48,8 +48,10 @@ class LoraMarks:
         return sum(self.size.values())
 
     def marked(self, node_id: int, node: ParamNode) -> bool:
-        """An adapted layer, or a parameter of one (drawn in the LoRA colour)."""
-        return node_id in self.size or (node.is_leaf and node.name in self.leaves)
+        """An adapted layer or anything inside it (drawn in the LoRA colour)."""
+        if node_id in self.size or (node.is_leaf and node.name in self.leaves):
+            return True
+        return not node.is_leaf and any(is_under(node.name, layer) for layer in self.layers)
 
     def text(self, node_id: int) -> str:
         """The LoRA column: "rank 8" on an adapted layer, "3 layers" on a module holding some."""
