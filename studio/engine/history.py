@@ -67,6 +67,8 @@ def freeze_summary(config: RunConfig) -> str:
         text += f" ({len(spec.freeze)} frozen, {len(spec.unfreeze)} unfrozen patterns)"
     if config.stages:
         text += f", +{len(config.stages)} stage{'s' if len(config.stages) != 1 else ''}"
+    if config.lora.enabled:
+        text += f", LoRA rank {config.lora.rank}"
     return text
 
 

@@ -19,13 +19,14 @@ import torch
 
 from studio.cli import main
 from studio.engine.checkpoint import load_checkpoint
-from studio.engine.config import OptimConfig, ParamGroupSpec, RunConfig, TrainConfig
+from studio.engine.config import LoraSpec, OptimConfig, ParamGroupSpec, RunConfig, TrainConfig
 from studio.engine.data import scan_folder
 from studio.engine.errors import StudioError
 from studio.engine.events import BatchEnded, Callback, Outcome
 from studio.engine.history import (
     RunFolderError,
     config_diff,
+    freeze_summary,
     list_runs,
     rename_run,
     summarize_run,
@@ -145,6 +146,10 @@ def test_the_settings_diff_names_every_changed_field() -> None:
     assert changes["optim.groups"] == (0, 1)
     assert changes["optim.groups[0].lr"] == (None, 0.1)
     assert config_diff(old, old) == []
+    lora = old.replace(lora=LoraSpec(targets=("layer4",), rank=4))
+    changes = {c.field: (c.old, c.new) for c in config_diff(old, lora)}
+    assert changes == {"lora.targets": ([], ["layer4"]), "lora.rank": (8, 4)}
+    assert freeze_summary(lora) == "all layers, LoRA rank 4"
 
 
 def test_a_rerun_is_bit_identical_on_the_cpu_and_records_where_it_came_from(
