@@ -418,6 +418,39 @@ def check_export(setup: Setup) -> str:
     return f"verified on {report.images_checked} images ({parity})"
 
 
+def check_lora(setup: Setup) -> str:
+    """LoRA on the backbone's last three adaptable layers: only adapters and head move, and
+    the merged export verifies."""
+    import dataclasses
+    import importlib.util
+
+    from studio.engine.backbones import describe_model
+    from studio.engine.checkpoint import load_checkpoint
+    from studio.engine.config import LoraSpec
+    from studio.engine.export.run_export import export_run
+    from studio.engine.lora import adaptable_layers
+    from studio.engine.params import is_adapter
+
+    if not setup.cuda:  # the suite's CPU smoke: tests/engine/test_lora.py covers the CPU
+        raise Skip("LoRA is checked on the CPU by tests/engine/test_lora.py")
+    if importlib.util.find_spec("peft") is None:
+        raise Skip("peft not installed here")
+    config = config_for(setup, preset="head_only", epochs=1)
+    shape = describe_model(config.model, 2, setup.size)
+    layers = tuple(adaptable_layers(shape.model, shape.head, setup.size)[-3:])
+    config = dataclasses.replace(config, lora=LoraSpec(targets=layers, rank=4))
+    trainer, listen = fit(setup, "lora", config)
+    state = load_checkpoint(trainer.paths.last)["model"]
+    moved = [k for k in state if is_adapter(k) and ".lora_B." in k and state[k].abs().sum() > 0]
+    if not moved:
+        raise Failed("no LoRA adapter moved in an epoch")
+    report = export_run(trainer.paths.root, "onnx")
+    if not report.verified:
+        raise Failed(f"the merged export did not verify: {report.dataset_note}")
+    return (f"{len(layers)} adapted layers, {listen.started.trainable_params:,} trainable, "
+            f"{train_pace(listen):.0f} img/s, merged ONNX verified")
+
+
 def check_throughput(setup: Setup, backbone: str) -> str:
     if backbone not in setup.throughput_models:
         raise Skip("--cpu measures resnet18 only")
@@ -499,6 +532,7 @@ CHECKS: list[tuple[str, Callable[[Setup], str]]] = [
     ("OOM recovered", check_oom),
     ("memory back to baseline", check_memory),
     ("ONNX export verified", check_export),
+    ("LoRA trains and merges", check_lora),
     *((f"throughput {name}", lambda setup, name=name: check_throughput(setup, name))
       for name in THROUGHPUT_MODELS),
 ]

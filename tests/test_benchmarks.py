@@ -39,6 +39,7 @@ def test_bench_train_smoke_run_prints_both_loops_for_every_scenario(
 GPU_CHECK_ROWS = ["environment", "fp16 + GradScaler", "bf16", "channels_last on/off",
                   "feature + image cache", "pinned memory", "stop within a batch",
                   "OOM recovered", "memory back to baseline", "ONNX export verified",
+                  "LoRA trains and merges",
                   "throughput resnet18", "throughput resnet50", "throughput vit_b_16"]
 
 
