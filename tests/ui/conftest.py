@@ -6,6 +6,7 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from PySide6.QtCore import QThreadPool
 
 from studio.engine.backbones import ModelDescription, describe_model
 from studio.engine.config import ModelConfig
@@ -32,6 +33,9 @@ def collect_on_gui_thread(older_objects_frozen: None) -> Iterator[None]:
     enabled = gc.isenabled()
     gc.disable()
     yield
+    # Pool jobs (thumbnails of a scan a test did not wait for) must not run on into the next
+    # test with the collector on: it could start in their thread.
+    QThreadPool.globalInstance().waitForDone(30_000)
     gc.collect()
     if enabled:
         gc.enable()
