@@ -159,9 +159,11 @@ def backbone_info(name: str) -> BackboneInfo:
 
 
 def params_cache_path() -> Path:
-    version = _require().__version__
-    return platformdirs.user_cache_path("finetune-studio", appauthor=False) / \
-        f"timm-{version}-params.json"
+    """``timm-<version>-params.json`` in Studio's cache folder (``$STUDIO_CACHE_DIR`` if set)."""
+    name = f"timm-{_require().__version__}-params.json"
+    if os.environ.get("STUDIO_CACHE_DIR"):
+        return Path(os.environ["STUDIO_CACHE_DIR"]) / name
+    return platformdirs.user_cache_path("finetune-studio", appauthor=False) / name
 
 
 _cache_lock = threading.Lock()

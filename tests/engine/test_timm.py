@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -177,15 +178,15 @@ def test_description_groups_and_head_for_the_param_editors() -> None:
     assert groups[0].lr < groups[-1].lr
 
 
-def test_an_untraceable_timm_model_falls_back_to_images() -> None:
-    model = build_model(ModelConfig(backbone="timm/test_vit", weights="none"), 3, 32).model
-    frozen = [n for n, _ in model.named_parameters() if not n.startswith("head")]
-    try:
-        split_model(model, frozen)
-    except SplitRefused as refused:
-        assert str(refused)
-    else:
-        pytest.skip("test_vit traces with torch.fx in this timm version")
+def test_an_untraceable_timm_model_falls_back_to_images_and_a_traceable_one_splits() -> None:
+    vit = build_model(ModelConfig(backbone="timm/test_vit", weights="none"), 3, 32).model
+    with pytest.raises(SplitRefused, match="cannot be traced with torch.fx"):
+        split_model(vit, [n for n, _ in vit.named_parameters() if not n.startswith("head")])
+    cnn = build_model(ModelConfig(backbone="timm/test_resnet", weights="none"), 3, 32).model
+    cnn.eval()
+    split = split_model(cnn, [n for n, _ in cnn.named_parameters() if not n.startswith("fc")])
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(split.suffix.eval()(split.prefix(x)), cnn(x), atol=1e-5)
 
 
 def test_without_timm_the_zoo_is_torchvision_and_timm_names_say_what_to_install(
@@ -208,3 +209,24 @@ def test_without_timm_the_zoo_is_torchvision_and_timm_names_say_what_to_install(
         assert build_model(ModelConfig(backbone="resnet18", weights="none"), 3).head == "fc"
     finally:
         timm_zoo.timm_module.cache_clear()
+
+
+@pytest.mark.parametrize(("name", "layer"), [
+    ("test_resnet", "layer4"), ("mobilenetv3_small_050", "blocks.5"),
+    ("test_vit", "blocks.5.norm1"), ("deit_tiny_distilled_patch16_224", "blocks.11.norm1")])
+def test_class_activation_maps_of_timm_models_look_at_the_last_stage(name: str,
+                                                                    layer: str) -> None:
+    pytest.importorskip("pytorch_grad_cam")
+    from studio.engine.cam import class_activation_map, timm_target
+
+    torch.manual_seed(0)
+    size = 32 if name.startswith("deit") else 64  # 2 × 2 patches after 2 prefix tokens
+    built = build_model(ModelConfig(backbone=f"timm/{name}", weights="none"), 3, size)
+    model = built.model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    target = timm_target(model)
+    assert target.layer == layer
+    heat = class_activation_map(model, torch.randn(1, 3, size, size), 1, target)
+    assert heat.shape == (size, size) and np.isfinite(heat).all()
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
