@@ -144,13 +144,12 @@ def list_backbones() -> tuple[BackboneInfo, ...]:
 
 
 def backbone_info(name: str) -> BackboneInfo:
+    """The listing's row of ``name``; its parameter count only if known (counting builds the
+    model: :func:`count_params`, never on the way to something else)."""
     architecture = arch(name)
     for info in _static_infos():
         if info.name == PREFIX + architecture:
-            params = known_params().get(info.name)
-            if params is None:
-                params = count_params([info.name]).get(info.name)
-            return replace(info, params=params)
+            return replace(info, params=known_params().get(info.name))
     raise BackboneError(f"unknown backbone {name!r}")  # pragma: no cover - arch() checked
 
 

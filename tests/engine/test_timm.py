@@ -230,3 +230,63 @@ def test_class_activation_maps_of_timm_models_look_at_the_last_stage(name: str,
     heat = class_activation_map(model, torch.randn(1, 3, size, size), 1, target)
     assert heat.shape == (size, size) and np.isfinite(heat).all()
     assert heat.min() >= 0.0 and heat.max() <= 1.0
+
+
+def test_a_timm_run_trains_reopens_and_exports_every_format_verified(
+        tiny_dataset: Path, tmp_path: Path) -> None:
+    from studio.engine.events import Outcome
+    from studio.engine.export import export_run
+    from studio.engine.trainer import Trainer
+
+    config = RunConfig(data=DataConfig(root=str(tiny_dataset), image_size=32, augment="none"),
+                       model=ModelConfig(backbone="timm/test_efficientnet", weights="none"),
+                       train=TrainConfig(epochs=1, batch_size=8, workers=0, device="cpu",
+                                         precision="fp32", seed=0))
+    result = Trainer(config, tmp_path / "run").fit()
+    assert result.outcome is Outcome.COMPLETED, result.message
+    for fmt in ("torchscript", "safetensors"):  # ONNX: every family above
+        report = export_run(tmp_path / "run", fmt, out=tmp_path / fmt)
+        assert report.verified and report.backbone == "timm/test_efficientnet"
+        assert [r.format for r in report.results if r.verified] == [fmt]
+        assert report.preprocessing["interpolation"] == "bicubic"
+
+
+def _fake_hub_entry(cache: Path, repo: str, model: torch.nn.Module) -> Path:
+    """What ``huggingface-cli download`` leaves in the hub cache: a snapshot and refs/main."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text("{}")
+    return snapshot / "model.safetensors"
+
+
+def test_a_cached_pretrained_tag_loads_offline_through_timm(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1000-class 'pretrained' file is made here; timm finds it in the hub cache and keeps
+    every tensor but the classifier, which the new head replaces."""
+    import timm
+    from huggingface_hub import constants
+
+    from studio.engine.backbones import pretrained_available, resolve_weights
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    weights = resolve_weights("timm/test_resnet", "default")
+    assert weights.repo == "timm/test_resnet.r160_in1k"
+    assert not pretrained_available(weights)
+    torch.manual_seed(1)
+    imagenet = timm.create_model("test_resnet", pretrained=False)
+    _fake_hub_entry(cache, weights.repo, imagenet)
+    assert pretrained_available(weights)
+    built = build_model(ModelConfig(backbone="timm/test_resnet", weights="default"), 3, 64)
+    assert built.weights == "r160_in1k" and built.preprocessing.crop == 64
+    state = built.model.state_dict()
+    assert torch.equal(state["conv1.0.weight"], imagenet.state_dict()["conv1.0.weight"])
+    assert state["fc.weight"].shape[0] == 3
