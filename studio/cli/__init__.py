@@ -191,7 +191,7 @@ def format_scan(scan: Any, val_fraction: float, seed: int) -> str:
 # models
 
 
-COUNT_NOW = 40  # uncounted timm models a listing counts on the spot (~0.1 s each)
+COUNT_NOW = 40  # uncounted timm models a listing counts on the spot (0.1-0.5 s each)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -219,7 +219,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"\n{len(infos)} backbones; acc@1 is ImageNet-1K top-1 of the default weights.")
     if uncounted:
         print(f"{len(uncounted)} timm models have no parameter count yet; narrow the filter, "
-              f"or add --count-params to count them once (about 0.2 s each, cached).")
+              f"or add --count-params to count them once (0.1-0.5 s each, cached).")
     return EXIT_OK
 
 

@@ -48,7 +48,7 @@ from studio.ui.widgets.weights_box import ERROR_COLOR, WeightsBox
 
 MIN_IMAGE_SIZE = 16  # DataConfig's bounds
 MAX_IMAGE_SIZE = 2048
-COUNT_AT_ONCE = 40  # uncounted timm rows a search counts in the background (~0.2 s each)
+COUNT_AT_ONCE = 40  # uncounted timm rows a search counts in the background (0.1-0.5 s each)
 HEAD_CHOICES = (("linear", "Linear", "One linear layer from the backbone's features to classes"),
                 ("mlp", "Small MLP", "Linear → ReLU → dropout → linear; a little more capacity"))
 
