@@ -312,7 +312,8 @@ def create(name: str, weights: TimmWeights | None, num_classes: int,
         if weights is not None and not _is_offline_error(error):
             raise
         if weights is None:
-            raise BackboneError(f"{name} cannot be built for {image_size}-pixel images "
+            size = f"{image_size}-pixel" if image_size is not None else f"{natural}-pixel"
+            raise BackboneError(f"{name} cannot be built for {size} images "
                                 f"({first_line(error)}); choose another image size") from error
         raise _not_cached(name, weights, error) from error
     except (OSError, RuntimeError) as error:
@@ -324,7 +325,24 @@ def create(name: str, weights: TimmWeights | None, num_classes: int,
                            f"({first_line(error)}); delete them from {hub_cache()} so that they "
                            f"are downloaded again, or choose weights 'none'") from error
     size = kwargs.get("img_size", natural) if fixed_size else None
+    patch = _patch_size(model)
+    if size is not None and patch and size % patch:
+        raise BackboneError(f"{name} cuts images into {patch}-pixel patches; choose an image "
+                            f"size that is a multiple of {patch}, such as "
+                            f"{max(patch, size // patch * patch)}")
     return model, size
+
+
+def _patch_size(model: nn.Module) -> int | None:
+    """The patch side a ViT-like model's input must be a multiple of (timm's PatchEmbed
+    asserts it unless it pads, or checks the exact size instead), or None."""
+    embed = getattr(model, "patch_embed", None)
+    if getattr(embed, "strict_img_size", True) or getattr(embed, "dynamic_img_pad", False):
+        return None
+    patch = getattr(embed, "patch_size", None)
+    if isinstance(patch, tuple | list) and patch:
+        patch = patch[0]
+    return int(patch) if isinstance(patch, int) and patch > 1 else None
 
 
 def _is_offline_error(error: BaseException) -> bool:

@@ -162,6 +162,8 @@ def test_fixed_size_models_take_the_image_size_without_weights_and_say_when_weig
         ) -> None:
     built = build_model(ModelConfig(backbone="timm/test_vit", weights="none"), 3, 48)
     assert built.fixed_input_size == 48 and built.preprocessing.crop == 48
+    with pytest.raises(BackboneError, match="multiple of 16, such as 16"):
+        build_model(ModelConfig(backbone="timm/test_vit", weights="none"), 3, 30)
     with pytest.raises(BackboneError, match="takes 224-pixel images only"):
         build_model(ModelConfig(backbone="timm/vit_tiny_patch16_224", weights="default"), 3, 32)
 
