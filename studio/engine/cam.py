@@ -109,7 +109,7 @@ def timm_target(model: nn.Module) -> CamTarget:
         find_module(model, layer)
     except (TypeError, IndexError, KeyError, AttributeError):
         return target_for(model, "")
-    if getattr(model, "num_prefix_tokens", None):
+    if getattr(model, "num_prefix_tokens", None) is not None:  # ViT-like: (B, tokens, C)
         norm = f"{layer}.norm1"
         with contextlib.suppress(AttributeError, IndexError):
             find_module(model, norm)
@@ -132,9 +132,9 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def _tokens_to_grid(tensor: torch.Tensor) -> torch.Tensor:
-    """(B, k + rows·cols, C) → (B, C, rows, cols): the k ≥ 1 leading class (distillation,
-    register) tokens dropped, the grid square."""
-    side = math.isqrt(tensor.shape[1] - 1)
+    """(B, k + rows·cols, C) → (B, C, rows, cols): the k leading class (distillation,
+    register) tokens dropped — none in a ViT that pools its patches — the grid square."""
+    side = math.isqrt(tensor.shape[1])  # k ≤ 2·side: the largest square is the grid
     patches = tensor[:, tensor.shape[1] - side * side:, :]
     return patches.reshape(tensor.shape[0], side, side, tensor.shape[2]).permute(0, 3, 1, 2)
 
