@@ -10,6 +10,10 @@ if "STUDIO_RUNS_DIR" not in os.environ:  # a run without --out must not land in 
     import tempfile
 
     os.environ["STUDIO_RUNS_DIR"] = tempfile.mkdtemp(prefix="studio-test-runs-")
+if "STUDIO_CACHE_DIR" not in os.environ:  # …nor feature and timm caches
+    import tempfile
+
+    os.environ["STUDIO_CACHE_DIR"] = tempfile.mkdtemp(prefix="studio-test-cache-")
 if "STUDIO_LOG_FILE" not in os.environ:  # …nor a test's traceback in the user's log
     import tempfile
 

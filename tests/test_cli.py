@@ -88,3 +88,16 @@ def test_python_dash_m_studio_works_like_studio() -> None:
     result = subprocess.run([sys.executable, "-m", "studio", "--version"], capture_output=True,
                             text=True, timeout=60, check=True)
     assert result.stdout.startswith("studio ")
+
+
+def test_models_lists_timm_models_and_counts_a_few_on_the_spot(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("timm")
+    assert main(["models", "timm/resnet18"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("timm/resnet18 "))
+    assert "resnet" in line and "11.7M" in line and "224" in line and "a1_in1k" in line
+    assert main(["models", "timm/", "--json"]) == 0
+    rows = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert len(rows) > 1000 and rows["timm/resnet18"]["params"] == 11_689_512  # cached now
+    assert any(row["params"] is None for row in rows.values())  # never a made-up number

@@ -67,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(commands)
     add_runs_parser(commands)
 
-    zoo = commands.add_parser("models", help="list the torchvision backbones")
+    zoo = commands.add_parser("models", help="list the torchvision (and timm) backbones")
     zoo.add_argument("filter", nargs="?", default="", help="show names containing this text")
     zoo.add_argument("--json", action="store_true", help="print a JSON list")
+    zoo.add_argument("--count-params", action="store_true",
+                     help="count the parameters of every listed timm model not counted yet "
+                          "(minutes for all of them, once: the counts are cached)")
     zoo.set_defaults(handler=_cmd_models)
     return parser
 
@@ -188,22 +191,49 @@ def format_scan(scan: Any, val_fraction: float, seed: int) -> str:
 # models
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    from studio.engine.backbones import list_backbones
+COUNT_NOW = 40  # uncounted timm models a listing counts on the spot (0.1-0.5 s each)
 
-    infos = [i for i in list_backbones() if args.filter.lower() in i.name.lower()]
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from studio.engine.backbones import all_backbones
+
+    infos = [i for i in all_backbones() if args.filter.lower() in i.name.lower()]
+    uncounted = [i.name for i in infos if i.params is None]
+    if uncounted and (args.count_params or len(uncounted) <= COUNT_NOW):
+        infos = _with_counts(infos, uncounted, verbose=len(uncounted) > COUNT_NOW)
+        uncounted = [i.name for i in infos if i.params is None]
     if args.json:
         print(json.dumps([i.to_json() for i in infos], indent=2))
         return EXIT_OK
-    header = f"{'name':<20} {'family':<18} {'params':>9} {'GFLOPs':>7} {'acc@1':>6} {'input':>5}"
+    width = max([20, *(len(i.name) for i in infos)])
+    header = (f"{'name':<{width}} {'family':<18} {'params':>9} {'GFLOPs':>7} {'acc@1':>6} "
+              f"{'input':>5}  default weights")
     print(header)
     print("-" * len(header))
     for info in infos:
         gflops = f"{info.gflops:.2f}" if info.gflops is not None else "-"
         acc = f"{info.acc1:.1f}" if info.acc1 is not None else "-"
-        print(f"{info.name:<20} {info.family:<18} {info.params / 1e6:>8.1f}M {gflops:>7} "
-              f"{acc:>6} {info.input_size:>5}")
+        params = f"{info.params / 1e6:>8.1f}M" if info.params is not None else f"{'-':>9}"
+        print(f"{info.name:<{width}} {info.family:<18} {params} {gflops:>7} "
+              f"{acc:>6} {info.input_size:>5}  {info.default_weights or '-'}")
     print(f"\n{len(infos)} backbones; acc@1 is ImageNet-1K top-1 of the default weights.")
+    if uncounted:
+        print(f"{len(uncounted)} timm models have no parameter count yet; narrow the filter, "
+              f"or add --count-params to count them once (0.1-0.5 s each, cached).")
     return EXIT_OK
+
+
+def _with_counts(infos: list[Any], names: list[str], verbose: bool) -> list[Any]:
+    """``infos`` with the timm parameter counts filled in (counted now where unknown)."""
+    from dataclasses import replace
+
+    from studio.engine import timm_zoo
+
+    def progress(done: int, total: int) -> None:
+        if verbose and (done % 25 == 0 or done == total):
+            print(f"counted {done} of {total} timm models", file=sys.stderr, flush=True)
+
+    counts = timm_zoo.count_params(names, progress)
+    return [replace(i, params=counts.get(i.name, i.params)) for i in infos]
 
 

@@ -1,5 +1,8 @@
 """The torchvision classification zoo: listing, building for N classes, and loading weights.
 
+Names starting with ``timm/`` belong to timm's zoo (the optional extra) and are handed to
+:mod:`studio.engine.timm_zoo` here, so callers see one zoo.
+
 Pretrained weights come through torch hub's cache (``$TORCH_HOME/hub/checkpoints``); a local file
 is read as safetensors or with ``torch.load(weights_only=True)`` — never unpickling code.
 """
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from studio.engine import timm_zoo
 from studio.engine.config import HeadConfig, ModelConfig
 from studio.engine.downloads import ProgressCallback, download_pretrained, hub_cache_path
 from studio.engine.errors import BackboneError, WeightsError
@@ -37,7 +41,7 @@ class BackboneInfo:
 
     name: str
     family: str
-    params: int
+    params: int | None  # None: not counted yet (timm models, until their count is cached)
     gflops: float | None
     acc1: float | None
     acc5: float | None
@@ -57,6 +61,11 @@ class BackboneInfo:
 
 def _family(name: str) -> str:
     return models.get_model_builder(name).__module__.rsplit(".", 1)[-1]
+
+
+def all_backbones() -> tuple[BackboneInfo, ...]:
+    """The torchvision zoo, then timm's as ``timm/<name>`` when timm is installed."""
+    return list_backbones() + timm_zoo.list_backbones()
 
 
 @functools.cache
@@ -92,6 +101,8 @@ def _count_params(name: str) -> int:
 
 
 def backbone_info(name: str) -> BackboneInfo:
+    if timm_zoo.is_timm(name):
+        return timm_zoo.backbone_info(name)
     for info in list_backbones():
         if info.name == name:
             return info
@@ -107,7 +118,10 @@ def resolve_weights(name: str, spec: str) -> Any | None:
     """'default' → the default weights enum; 'none' → None; an enum member name → that member.
 
     Anything else is not a torchvision weights name (it is a file path, handled elsewhere).
+    A ``timm/`` backbone gets a :class:`~studio.engine.timm_zoo.TimmWeights` (its tags).
     """
+    if timm_zoo.is_timm(name):
+        return timm_zoo.resolve_weights(name, spec)
     enum = models.get_model_weights(name)
     if spec == "default":
         return enum.DEFAULT
@@ -126,6 +140,8 @@ def is_weights_file(spec: str) -> bool:
 
 
 def pretrained_available(weights: Any) -> bool:
+    if isinstance(weights, timm_zoo.TimmWeights):
+        return timm_zoo.pretrained_available(weights)
     return hub_cache_path(weights).is_file()
 
 
@@ -294,6 +310,8 @@ def build_model(config: ModelConfig, num_classes: int, image_size: int | None = 
     not cached yet are downloaded first, telling ``progress`` (bytes done, total)."""
     if num_classes < 2:
         raise BackboneError(f"a classifier needs at least 2 classes; got {num_classes}")
+    if timm_zoo.is_timm(config.backbone):
+        return _build_timm(config, num_classes, image_size)
     info = backbone_info(config.backbone)
     name = config.backbone
     from_file = is_weights_file(config.weights)
@@ -333,6 +351,34 @@ def build_model(config: ModelConfig, num_classes: int, image_size: int | None = 
         prep = prep.at_size(fixed)
     if report is not None:
         notes.append(report.summary())
+    label = weights.name if weights is not None else ("none" if not from_file else config.weights)
+    return BuiltModel(model, name, head_name, num_classes, prep, label, fixed, report, notes)
+
+
+def _build_timm(config: ModelConfig, num_classes: int, image_size: int | None) -> BuiltModel:
+    """timm builds the model and its ``num_classes`` head; ours replaces it where timm's is a
+    plain Linear or 1×1 conv, so the small-init linear and the MLP head work as for
+    torchvision."""
+    name = config.backbone
+    from_file = is_weights_file(config.weights)
+    weights = None if from_file else timm_zoo.resolve_weights(name, config.weights)
+    model, fixed = timm_zoo.create(name, weights, num_classes, image_size)
+    head_name = timm_zoo.head_name(model)
+    old = model.get_submodule(head_name)
+    plain = isinstance(old, nn.Linear) or (isinstance(old, nn.Conv2d)
+                                           and old.kernel_size == (1, 1))
+    if plain:
+        model.set_submodule(head_name, make_head(old, num_classes, config.head))
+    elif config.head.kind == "mlp":
+        raise BackboneError(f"the MLP head is not available for {name}, whose classifier is a "
+                            f"{type(old).__name__}; choose the linear head")
+    report = load_weights_file(model, config.weights) if from_file else None
+    prep = timm_zoo.preprocessing(model)
+    if image_size is not None and image_size != prep.crop:
+        prep = prep.at_size(image_size)
+    elif fixed is not None and fixed != prep.crop:
+        prep = prep.at_size(fixed)
+    notes = [report.summary()] if report is not None else []
     label = weights.name if weights is not None else ("none" if not from_file else config.weights)
     return BuiltModel(model, name, head_name, num_classes, prep, label, fixed, report, notes)
 
@@ -394,9 +440,9 @@ def describe_model(config: ModelConfig, num_classes: int,
                    image_size: int | None = None) -> ModelDescription:
     """Build the architecture (never the weights) on the meta device — fast and memoryless —
     falling back to the CPU for builders that compute on tensors (RegNet)."""
-    info = backbone_info(config.backbone)
+    info = backbone_info(config.backbone) if not timm_zoo.is_timm(config.backbone) else None
     size = image_size
-    if size is None and info.family in ("vision_transformer", "maxvit") \
+    if info is not None and size is None and info.family in ("vision_transformer", "maxvit") \
             and config.weights not in ("none",) and not is_weights_file(config.weights):
         size = info.input_size  # pretrained ViTs are built at their weights' size
     plain = ModelConfig(backbone=config.backbone, weights="none", head=config.head)

@@ -15,6 +15,7 @@ with gradients on, in fp32, from an input that requires them: a model loaded for
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -99,6 +100,26 @@ def target_for(model: nn.Module, family: str) -> CamTarget:
     return CamTarget(convs[-1])
 
 
+def timm_target(model: nn.Module) -> CamTarget:
+    """A timm model's target from its ``feature_info``: the last stage (a ViT's last block's
+    input norm, token grid; Swin's NHWC stage), or the last convolution when it has none."""
+    info = getattr(model, "feature_info", None)
+    try:
+        layer = str(info[-1]["module"])  # type: ignore[index]
+        find_module(model, layer)
+    except (TypeError, IndexError, KeyError, AttributeError):
+        return target_for(model, "")
+    if getattr(model, "num_prefix_tokens", None) is not None:  # ViT-like: (B, tokens, C)
+        norm = f"{layer}.norm1"
+        with contextlib.suppress(AttributeError, IndexError):
+            find_module(model, norm)
+            return CamTarget(norm, "tokens")
+        return CamTarget(layer, "tokens")
+    if str(getattr(model, "output_fmt", "NCHW")).upper().endswith("NHWC"):
+        return CamTarget(layer, "channels_last")
+    return CamTarget(layer)
+
+
 def find_module(model: nn.Module, path: str) -> nn.Module:
     """``features.-1`` → model.features[-1]: dotted names where a negative part indexes."""
     module = model
@@ -111,9 +132,10 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def _tokens_to_grid(tensor: torch.Tensor) -> torch.Tensor:
-    """(B, 1 + rows·cols, C) → (B, C, rows, cols): the class token dropped, the grid square."""
-    patches = tensor[:, 1:, :]
-    side = math.isqrt(patches.shape[1])
+    """(B, k + rows·cols, C) → (B, C, rows, cols): the k leading class (distillation,
+    register) tokens dropped — none in a ViT that pools its patches — the grid square."""
+    side = math.isqrt(tensor.shape[1])  # k ≤ 2·side: the largest square is the grid
+    patches = tensor[:, tensor.shape[1] - side * side:, :]
     return patches.reshape(tensor.shape[0], side, side, tensor.shape[2]).permute(0, 3, 1, 2)
 
 
@@ -222,8 +244,11 @@ class Explainer:
 
         self.predictor = predictor
         self.labels = predictor.labels
-        family = backbone_info(predictor.run.config.model.backbone).family
-        self.target = target_for(predictor.model, family)
+        backbone = predictor.run.config.model.backbone
+        if backbone.startswith("timm/"):
+            self.target = timm_target(predictor.model)
+        else:
+            self.target = target_for(predictor.model, backbone_info(backbone).family)
         decode, tail = transform_parts(predictor.run.prep())
         self._decode, self._tail = decode, tail
 

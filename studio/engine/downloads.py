@@ -72,9 +72,10 @@ def weights_to_download(config: ModelConfig) -> Any | None:
     """The pretrained weights ``config`` asks for when they are not cached yet, else None
     (weights 'none', a local file, or a name that is not valid: building reports that)."""
     from studio.engine.backbones import is_weights_file, resolve_weights
+    from studio.engine.timm_zoo import is_timm
 
-    if config.weights == "none" or is_weights_file(config.weights):
-        return None
+    if config.weights == "none" or is_weights_file(config.weights) or is_timm(config.backbone):
+        return None  # timm reads (and fetches) its weights through the Hugging Face cache
     try:
         weights = resolve_weights(config.backbone, config.weights)
     except (StudioError, ValueError):

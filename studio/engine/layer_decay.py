@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from studio.engine import timm_zoo
 from studio.engine.backbones import ModelDescription, backbone_info
 from studio.engine.config import ParamGroupSpec
 from studio.engine.errors import ConfigError
@@ -61,11 +62,14 @@ _FAMILY_KEYS = {"vision_transformer": _vit_key, "swin_transformer": _staged_key,
 
 
 def layer_ids(names: Sequence[str], numel: dict[str, int], head: str,
-              family: str = "") -> dict[str, int]:
+              family: str = "", given: dict[str, int] | None = None) -> dict[str, int]:
     """The layer id of every parameter: 0 the stem, increasing towards the head, which (with
-    anything after the last block) has the largest id."""
+    anything after the last block) has the largest id. ``given`` ids (timm's own grouping of a
+    timm model) are only renumbered."""
     key_of = _FAMILY_KEYS.get(family)
-    if key_of is not None:
+    if given is not None:
+        keys: dict[str, tuple[int, ...]] = {n: (given[n],) for n in names}
+    elif key_of is not None:
         keys = {n: _TOP if is_under(n, head) else key_of(n) for n in names}
     else:
         keys = _generic_keys(names, numel, head)
@@ -93,13 +97,14 @@ def _generic_keys(names: Sequence[str], numel: dict[str, int],
 
 def layer_decay_groups(names: Sequence[str], numel: dict[str, int], head: str, base_lr: float,
                        rate: float = DEFAULT_RATE,
-                       family: str = "") -> tuple[ParamGroupSpec, ...]:
+                       family: str = "",
+                       given: dict[str, int] | None = None) -> tuple[ParamGroupSpec, ...]:
     """One group per layer, stem first: ``layer_<id>`` at ``base_lr × rate ** (top − id)``,
     the top one named ``head`` at ``base_lr``. Patterns are the fewest module prefixes of the
     layer's parameters, so no two groups overlap."""
     if not 0 < rate <= 1:
         raise ConfigError(f"the layer decay rate must be above 0 and at most 1; got {rate}")
-    ids = layer_ids(names, numel, head, family)
+    ids = layer_ids(names, numel, head, family, given)
     top = max(ids.values(), default=0)
     groups = []
     for layer in range(top + 1):
@@ -115,6 +120,11 @@ def layer_decay_groups(names: Sequence[str], numel: dict[str, int], head: str, b
 def description_layer_decay(description: ModelDescription, base_lr: float,
                             rate: float = DEFAULT_RATE) -> tuple[ParamGroupSpec, ...]:
     """``layer_decay_groups`` of a described (meta-device) model: what the CLI and GUI call."""
-    family = backbone_info(description.backbone).family
+    given = None
+    if timm_zoo.is_timm(description.backbone):  # timm's group_matcher knows its blocks
+        family = ""
+        given = timm_zoo.layer_ids(description.model, description.names, description.head)
+    else:
+        family = backbone_info(description.backbone).family
     return layer_decay_groups(description.names, description.numel, description.head, base_lr,
-                              rate, family)
+                              rate, family, given)

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QTableView,
 )
 
-from studio.engine.backbones import hub_cache_path, list_backbones, resolve_weights
+from studio.engine.backbones import all_backbones, hub_cache_path, resolve_weights
 from studio.engine.config import HeadConfig, ModelConfig, RunConfig
 from studio.ui.models.zoo import COLUMNS, NAME_ROLE, SORT_ROLE, ZooTableModel
 from studio.ui.project import ProjectModel
@@ -87,7 +87,7 @@ def test_zoo_model_passes_qt_model_tester(qtbot) -> None:
                for m in (model, proxy)]
     proxy.sort(2, Qt.SortOrder.DescendingOrder)
     proxy.setFilterFixedString("resnet")
-    assert testers and model.rowCount() == len(list_backbones())
+    assert testers and model.rowCount() == len(all_backbones())
 
 
 def test_zoo_model_sorts_numbers_as_numbers_and_explains_columns() -> None:
@@ -98,7 +98,7 @@ def test_zoo_model_sorts_numbers_as_numbers_and_explains_columns() -> None:
     proxy.sort(COLUMNS.index("Params (M)"), Qt.SortOrder.DescendingOrder)
     params = [proxy.index(row, 2).data(SORT_ROLE) for row in range(proxy.rowCount())]
     assert params == sorted(params, reverse=True)
-    biggest = max(list_backbones(), key=lambda info: info.params)
+    biggest = max(all_backbones(), key=lambda info: info.params or 0)
     assert proxy.index(0, 0).data() == biggest.name
 
     row = model.row_of("resnet18")
@@ -116,7 +116,7 @@ def test_zoo_model_sorts_numbers_as_numbers_and_explains_columns() -> None:
 
 def test_search_filters_by_name_without_changing_the_choice(panel, project) -> None:
     table = child(panel, QTableView, "zoo_table")
-    assert len(shown_names(table)) == len(list_backbones())
+    assert len(shown_names(table)) == len(all_backbones())
     assert current_name(table) == "resnet18"
 
     child(panel, QLineEdit, "search_edit").setText("EfficientNet_V2")
@@ -131,7 +131,24 @@ def test_search_filters_by_name_without_changing_the_choice(panel, project) -> N
 def test_search_matches_the_family_too(panel) -> None:
     child(panel, QLineEdit, "search_edit").setText("vision_transformer")
     names = shown_names(child(panel, QTableView, "zoo_table"))
-    assert names and all(name.startswith("vit_") for name in names)
+    torchvision = [name for name in names if not name.startswith("timm/")]
+    assert torchvision and all(name.startswith("vit_") for name in torchvision)
+
+
+def test_search_finds_timm_models_and_counts_their_parameters(qtbot, panel, project) -> None:
+    pytest.importorskip("timm")
+    table = child(panel, QTableView, "zoo_table")
+    child(panel, QLineEdit, "search_edit").setText("timm/resnet18")
+    names = shown_names(table)
+    assert "timm/resnet18" in names and "resnet18" not in names
+    row = names.index("timm/resnet18")
+    params = table.model().index(row, COLUMNS.index("Params (M)"))
+    qtbot.waitUntil(lambda: params.data() == "11.7", timeout=20_000)  # "—" until counted
+    rect = table.visualRect(table.model().index(row, 0))
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert project.config.model.backbone == "timm/resnet18"
+    assert "11.7 M parameters" in child(panel, QLabel, "current_backbone").text()
+    assert "timm/resnet18.a1_in1k" in child(panel, QLabel, "weights_status").text()
 
 
 def test_selecting_a_row_sets_the_backbone(qtbot, panel, project) -> None:

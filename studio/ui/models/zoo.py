@@ -1,18 +1,20 @@
-"""ZooTableModel: the torchvision classification zoo as a sortable, filterable table.
+"""ZooTableModel: the torchvision (and timm) classification zoo as a sortable, filterable table.
 
-It mirrors ``list_backbones()`` and owns nothing else: one row per BackboneInfo. Numbers are
+It mirrors ``all_backbones()`` and owns nothing else: one row per BackboneInfo. A timm model's
+parameter count is "—" until counted (:meth:`ZooTableModel.set_params`). Numbers are
 shown formatted but sorted by value (SORT_ROLE), and FILTER_ROLE gives the text a search box
 matches (name and family), so a plain QSortFilterProxyModel does the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 
-from studio.engine.backbones import BackboneInfo, list_backbones
+from studio.engine.backbones import BackboneInfo, all_backbones
 
 SORT_ROLE = Qt.ItemDataRole.UserRole  # a number (or the lower-case name) to sort by
 FILTER_ROLE = Qt.ItemDataRole.UserRole + 1  # "name family", what a search matches
@@ -24,9 +26,10 @@ _NO_PARENT = QModelIndex()
 COLUMNS = ("Name", "Family", "Params (M)", "GFLOPs", "ImageNet acc@1", "Input size")
 NAME, FAMILY, PARAMS, GFLOPS, ACC1, INPUT = range(len(COLUMNS))
 _HEADER_TIPS = (
-    "The torchvision model name, as written in a run config",
-    "The torchvision module the model comes from",
-    "Millions of parameters (with the 1000-class ImageNet head)",
+    "The model name, as written in a run config (timm models as timm/<name>)",
+    "The torchvision or timm module the model comes from",
+    "Millions of parameters (with the 1000-class ImageNet head); — until a timm model is "
+    "counted (search to narrow the list and it is)",
     "Billions of floating-point operations for one image at the input size",
     "Top-1 accuracy on ImageNet-1K of the default pretrained weights, in percent",
     "The image size (pixels) the default pretrained weights were evaluated at",
@@ -37,12 +40,12 @@ _LEFT = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
 
 
 class ZooTableModel(QAbstractTableModel):
-    """One row per torchvision backbone; read-only."""
+    """One row per backbone; read-only but for parameter counts filled in later."""
 
     def __init__(self, infos: Sequence[BackboneInfo] | None = None, parent: Any = None) -> None:
         super().__init__(parent)
         self._infos: tuple[BackboneInfo, ...] = tuple(
-            infos if infos is not None else list_backbones())
+            infos if infos is not None else all_backbones())
         self._rows = {info.name: row for row, info in enumerate(self._infos)}
 
     # -- lookups ----------------------------------------------------------------------------
@@ -53,6 +56,22 @@ class ZooTableModel(QAbstractTableModel):
     def row_of(self, name: str) -> int:
         """The row of backbone ``name``, or -1 when the zoo has no such model."""
         return self._rows.get(name, -1)
+
+    def uncounted(self, rows: Sequence[int]) -> list[str]:
+        """The names among ``rows`` whose parameter count is not known yet."""
+        return [self._infos[r].name for r in rows if self._infos[r].params is None]
+
+    def set_params(self, counts: Mapping[str, int]) -> None:
+        """Show parameter counts that became known (timm models counted in the background)."""
+        infos, changed = list(self._infos), []
+        for name, count in counts.items():
+            row = self._rows.get(name, -1)
+            if row >= 0 and infos[row].params != count:
+                infos[row] = replace(infos[row], params=int(count))
+                changed.append(row)
+        self._infos = tuple(infos)
+        for row in changed:
+            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
 
     # -- Qt model interface ---------------------------------------------------------------
 
@@ -106,7 +125,7 @@ def _display(info: BackboneInfo, column: int) -> str:
     if column == FAMILY:
         return info.family
     if column == PARAMS:
-        return f"{info.params / 1e6:.1f}"
+        return "—" if info.params is None else f"{info.params / 1e6:.1f}"
     if column == GFLOPS:
         return "—" if info.gflops is None else f"{info.gflops:.2f}"
     if column == ACC1:
@@ -121,7 +140,7 @@ def _sort_key(info: BackboneInfo, column: int) -> float | str:
     if column == FAMILY:
         return f"{info.family.lower()} {info.name.lower()}"
     if column == PARAMS:
-        return float(info.params)
+        return -1.0 if info.params is None else float(info.params)
     if column == GFLOPS:
         return -1.0 if info.gflops is None else float(info.gflops)
     if column == ACC1:
@@ -130,7 +149,9 @@ def _sort_key(info: BackboneInfo, column: int) -> float | str:
 
 
 def _tooltip(info: BackboneInfo) -> str:
-    parts = [f"{info.name} ({info.family}): {info.params / 1e6:.1f} M parameters"]
+    count = "parameters not counted yet" if info.params is None \
+        else f"{info.params / 1e6:.1f} M parameters"
+    parts = [f"{info.name} ({info.family}): {count}"]
     if info.gflops is not None:
         parts.append(f"{info.gflops:.2f} GFLOPs at {info.input_size} px")
     if info.acc1 is not None:

@@ -1,8 +1,11 @@
-"""BackbonePanel: pick a torchvision backbone, its weights, its head and the image size.
+"""BackbonePanel: pick a torchvision or timm backbone, its weights, its head and the image size.
 
 Everything the panel shows comes from the project's RunConfig and the engine's zoo listing;
 everything the user changes goes back through ``ProjectModel.update``. Widgets are set from the
 config with their signals blocked, so showing a config never writes one.
+
+Counting a timm model's parameters needs a (meta-device) build, so it happens in the
+background, for the few rows a search leaves and for the chosen backbone.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from studio.engine.errors import StudioError
 from studio.ui.downloads import WeightsDownload
 from studio.ui.models.zoo import FILTER_ROLE, NAME_ROLE, SORT_ROLE, ZooTableModel
 from studio.ui.project import ProjectModel
+from studio.ui.tasks import BackgroundTask
 from studio.ui.text import sentence
 from studio.ui.widgets.weights_box import ERROR_COLOR, WeightsBox
 
 MIN_IMAGE_SIZE = 16  # DataConfig's bounds
 MAX_IMAGE_SIZE = 2048
+COUNT_AT_ONCE = 40  # uncounted timm rows a search counts in the background (0.1-0.5 s each)
 HEAD_CHOICES = (("linear", "Linear", "One linear layer from the backbone's features to classes"),
                 ("mlp", "Small MLP", "Linear → ReLU → dropout → linear; a little more capacity"))
 
@@ -88,6 +93,9 @@ class BackbonePanel(QWidget):
         self._proxy.setFilterRole(FILTER_ROLE)
         self._proxy.setFilterKeyColumn(0)
         self._proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self._counter = BackgroundTask(self)  # timm parameter counts, a few rows at a time
+        self._counter.succeeded.connect(self._on_counter_succeeded)
+        self._counter.failed.connect(self._on_counter_failed)
 
         self._build_zoo()
         self.weights_box = WeightsBox(project, downloads)
@@ -126,7 +134,8 @@ class BackbonePanel(QWidget):
 
     def _build_zoo(self) -> None:
         self._search_edit = QLineEdit()
-        self._search_edit.setPlaceholderText("Search by name or family, e.g. resnet, mobilenet")
+        self._search_edit.setPlaceholderText("Search by name or family, e.g. resnet, mobilenet, "
+                                             "timm/convnext")
         self._search_edit.setToolTip("Show only backbones whose name or family contains this "
                                      "text; Enter picks the first one")
         self._search_edit.setClearButtonEnabled(True)
@@ -159,10 +168,12 @@ class BackbonePanel(QWidget):
         table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 8)
         header = table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setResizeContentsPrecision(200)  # not all ~1500 rows (timm's too) each layout
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setHighlightSections(False)
-        table.setToolTip("The torchvision classification zoo; click a row to train that "
-                         "backbone, a header to sort")
+        table.setToolTip("The torchvision classification zoo (and timm's, as timm/<name>, "
+                         "when timm is installed); click a row to train that backbone, a "
+                         "header to sort")
         table.selectionModel().currentRowChanged.connect(self._on_table_current_row_changed)
         self._table = table
         self._update_count()
@@ -213,6 +224,31 @@ class BackbonePanel(QWidget):
             self._syncing = False
         self._update_count()
         self._select_current(scroll=True)
+        self._count_shown()
+
+    def _count_shown(self) -> None:
+        """Count the parameters of the shown timm rows when a search leaves only a few."""
+        if self._proxy.rowCount() > COUNT_AT_ONCE:
+            return
+        rows = [self._proxy.mapToSource(self._proxy.index(r, 0)).row()
+                for r in range(self._proxy.rowCount())]
+        self._count(self._model.uncounted(rows))
+
+    def _count(self, names: list[str]) -> None:
+        if not names or self._counter.running:
+            return
+        from studio.engine import timm_zoo
+
+        self._counter.start(lambda: timm_zoo.count_params(names))
+
+    def _on_counter_succeeded(self, counts: object) -> None:
+        if isinstance(counts, dict):
+            self._model.set_params(counts)
+        self._select_current(scroll=False)  # the current label shows the count
+        self._count_shown()  # the search may have changed meanwhile
+
+    def _on_counter_failed(self, message: str) -> None:
+        self._count_label.setToolTip(f"Parameter counts: {message}")
 
     def _on_search_edit_return_pressed(self) -> None:
         if self._proxy.rowCount() > 0:
@@ -305,6 +341,8 @@ class BackbonePanel(QWidget):
         self._current_label.setText(_current_text(name, info))
         if info is not None:
             self._size_spin.natural_size = info.input_size
+            if info.params is None:
+                self._count([info.name])
         index = self._proxy.mapFromSource(self._model.index(row, 0)) if row >= 0 \
             else QModelIndex()
         current = self._table.currentIndex()
@@ -355,5 +393,7 @@ def _current_text(name: str, info: BackboneInfo | None) -> str:
     if info is None:
         return f"Backbone: <b>{name}</b> <span style='color:{ERROR_COLOR}'>(not in the zoo)</span>"
     acc = f", {info.acc1:.1f} % acc@1" if info.acc1 is not None else ""
-    return f"Backbone: <b>{name}</b> ({info.params / 1e6:.1f} M parameters{acc})"
+    params = "parameters not counted yet" if info.params is None \
+        else f"{info.params / 1e6:.1f} M parameters"
+    return f"Backbone: <b>{name}</b> ({params}{acc})"
 

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.engine import timm_zoo
 from studio.engine.backbones import (
     LOCAL_SUFFIXES,
     BackboneInfo,
@@ -38,6 +39,7 @@ from studio.engine.backbones import (
 )
 from studio.engine.config import ConfigError
 from studio.engine.errors import StudioError
+from studio.engine.timm_zoo import TimmWeights
 from studio.ui.downloads import DownloadResult, DownloadState, WeightsDownload
 from studio.ui.project import ProjectModel
 from studio.ui.tasks import BackgroundTask
@@ -354,14 +356,17 @@ class WeightsBox(QGroupBox):
         weights = self.pretrained_weights()
         downloading = self.downloads.is_running
         busy = downloading or self._importer.running
-        missing = weights is not None and not pretrained_available(weights)
+        missing = weights is not None and not pretrained_available(weights) \
+            and not isinstance(weights, TimmWeights)  # timm fetches its own when training
         self._download_button.setVisible(missing and not (
             downloading and self.downloads.weights is weights))
         self._download_button.setEnabled(not busy)
         self._download_button.setToolTip(
             "Another download or import is running; wait for it or cancel it" if busy else
             f"Download {weights.url} now, in the background" if weights is not None else "")
-        self._import_button.setVisible(weights is not None)
+        # timm's weights live in the Hugging Face cache: a local file is "Local file…" there
+        self._import_button.setVisible(weights is not None
+                                       and not isinstance(weights, TimmWeights))
         self._import_button.setEnabled(not busy)
         self._progress_row.setVisible(downloading)
 
@@ -394,6 +399,8 @@ def _pretrained_status(info: BackboneInfo, spec: str) -> tuple[str, str]:
         return sentence(str(error)), ERROR_COLOR
     if weights is None:
         return f"{info.name} has no pretrained weights; choose None or a local file.", ERROR_COLOR
+    if isinstance(weights, TimmWeights):
+        return _timm_status(weights)
     path = hub_cache_path(weights)
     label = "" if spec == "default" else f" {weights.name}"
     if pretrained_available(weights):
@@ -402,6 +409,15 @@ def _pretrained_status(info: BackboneInfo, spec: str) -> tuple[str, str]:
     return (f"Not cached: the weights{label}{size} are downloaded when training starts, or now "
             f"with Download now (needs internet). Offline? Download {weights.url} elsewhere and "
             f"import it, or save it as {path}; or choose None."), AMBER_COLOR
+
+
+def _timm_status(weights: TimmWeights) -> tuple[str, str]:
+    found = timm_zoo.cached_file(weights)
+    if found is not None:
+        return f"Pretrained weights {weights.name} are cached ({found}).", OK_COLOR
+    return (f"Not cached: timm downloads {weights.repo} from Hugging Face when training starts "
+            f"(needs internet). Offline? Download that repo into {timm_zoo.hub_cache()} "
+            f"elsewhere, or choose None or a local file."), AMBER_COLOR
 
 
 def _local_file_status(spec: str) -> tuple[str, str]:
