@@ -32,7 +32,6 @@ def main() -> int:
 
     app, window = open_window()
     project = window.project
-    _wait(app, lambda: project.scan is not None and project.description is not None)
     project.set_freeze(FreezeSpec(preset="up_to", up_to="layer2"))
     project.set_groups([ParamGroupSpec("layer3", ("layer3",), 1e-6)])
     project.update("train", epochs=2)

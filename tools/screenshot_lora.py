@@ -30,7 +30,6 @@ def main() -> int:
 
     app, window = open_window()
     project = window.project
-    _wait(app, lambda: project.scan is not None and project.description is not None)
     project.update("data", image_size=32)
     project.update("model", backbone="vit_b_16", weights="none")
     _wait(app, lambda: project.description is not None

@@ -50,8 +50,6 @@ def main() -> int:
     from screenshots import _settle, _wait, open_window  # the helpers of the main tool
 
     app, window = open_window(runs_dir=str(root))
-    project = window.project
-    _wait(app, lambda: project.scan is not None and project.description is not None)
     window.steps.setCurrentRow(window.PAGES.index("Runs"))
     panel = window.runs_panel
     _wait(app, lambda: panel.model.rowCount() == len(paths) and not panel.listing)

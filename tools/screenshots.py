@@ -38,7 +38,8 @@ def _settle(app: object, rounds: int = 30) -> None:
 def open_window(demo: bool = True, runs_dir: str = "", height: int = 860) -> tuple[Any, Any]:
     """The app and its main window (on the demo), shown at the screenshots' size, with its
     settings and runs folder in temporary folders so nothing of the user's is read or written.
-    Every screenshot tool starts here."""
+    On the demo, it returns once the sample is scanned and the backbone described. Every
+    screenshot tool starts here."""
     from PySide6.QtCore import QSettings
 
     from studio.ui.app import build_window, create_app
@@ -52,6 +53,9 @@ def open_window(demo: bool = True, runs_dir: str = "", height: int = 860) -> tup
                              runs_dir or tempfile.mkdtemp(prefix="studio-runs-"))
     window.resize(1360, height)
     window.show()
+    if demo:  # the sample is scanned and the backbone described before any tool goes on
+        _wait(app, lambda: window.project.scan is not None
+              and window.project.description is not None)
     return app, window
 
 
@@ -90,7 +94,6 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     app, window = open_window()
     project = window.project
-    _wait(app, lambda: project.scan is not None and project.description is not None)
     project.update("train", epochs=3)
     shots = {0: "1-dataset.png", 1: "2-backbone.png", 2: "3-layers.png", 3: "4-learning-rates.png"}
     for row, name in shots.items():

@@ -33,7 +33,8 @@ import torch
 from torch import fx, nn
 
 from studio.engine.images import physical_memory
-from studio.engine.lora import has_adapters, tracer_leaves
+from studio.engine.lora import tracer_leaves
+from studio.engine.params import is_adapter
 
 _STOCHASTIC_FUNCTIONS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
                          "feature_alpha_dropout", "stochastic_depth"}
@@ -107,7 +108,7 @@ def _trace(model: nn.Module, mode: str) -> tuple[fx.Graph, dict[fx.Node, str]]:
 
     model.train(mode == "train")
     extra: dict[str, Any] = {}
-    if has_adapters(n for n, _ in model.named_parameters()):  # an adapted layer is one step
+    if any(is_adapter(n) for n, _ in model.named_parameters()):  # an adapted layer: one step
         extra["leaf_modules"] = list(tracer_leaves())
     tracer = NodePathTracer(**_set_default_tracer_kwargs(extra))
     graph = tracer.trace(model)

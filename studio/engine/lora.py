@@ -12,7 +12,7 @@ peft (and the transformers it imports, ~5 s) is imported only when a spec has ta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,6 @@ from studio.engine.errors import ConfigError
 from studio.engine.params import base_name, is_adapter, is_under, matches
 
 ADAPTER = "default"  # peft's adapter name; one adapter per model
-ADAPTABLE = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
 
 # The layer tree's presets: which modules they adapt
 PRESETS = {"attention": "LoRA on attention", "linear": "LoRA on all linear layers"}
@@ -105,27 +104,27 @@ def resolve_layers(model: nn.Module, targets: Sequence[str], head: str,
                    image_size: int = 224) -> list[str]:
     """The layers ``targets`` adapt; a target that reaches none is a ConfigError."""
     layers = adaptable_layers(model, head, image_size)
-    chosen: set[str] = set()
     for pattern in targets:
-        found = set(choose(layers, [pattern]))
-        if not found:
+        if not choose(layers, [pattern]):
             raise ConfigError(
                 f"LoRA target {pattern!r} holds no Linear, Conv2d or attention layer outside "
                 f"the head that the model calls; pick modules from the layer tree, e.g. "
                 f"{layers[len(layers) // 2] if layers else 'encoder'}")
-        chosen |= found
-    return [layer for layer in layers if layer in chosen]
+    return choose(layers, targets)
 
 
-def preset_targets(model: nn.Module, head: str, preset: str,
-                   image_size: int = 224) -> tuple[str, ...]:
+def preset_targets(model: nn.Module, head: str, preset: str, image_size: int = 224,
+                   layers: Sequence[str] | None = None) -> tuple[str, ...]:
     """The layers a preset adapts: ``attention`` (attention modules and the projections inside
-    a module named attn/attention) or ``linear`` (every Linear and attention layer)."""
+    a module named attn/attention) or ``linear`` (every Linear and attention layer), among
+    ``layers`` (the model's adaptable layers, found when not given)."""
     if preset not in PRESETS:
         raise ConfigError(f"LoRA preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     modules = dict(model.named_modules())
     out = []
-    for layer in adaptable_layers(model, head, image_size):
+    if layers is None:
+        layers = adaptable_layers(model, head, image_size)
+    for layer in layers:
         module = modules[layer]
         if preset == "linear":
             if isinstance(module, nn.Linear | nn.MultiheadAttention):
@@ -172,8 +171,6 @@ def merge_adapters(model: nn.Module) -> int:
     """Fold every adapter into the weight it adapts (peft's merge, checked for NaN) and put the
     plain layer back: the model is then the backbone alone. Returns how many layers merged."""
     tuners = _tuner_layers(model)
-    if not tuners:
-        return 0
     for name in tuners:
         layer = model.get_submodule(name)
         if hasattr(layer, "unload_and_optionally_merge_module"):  # attention's own way
@@ -188,20 +185,13 @@ def merge_adapters(model: nn.Module) -> int:
 
 def _tuner_layers(model: nn.Module) -> list[str]:
     """Names of peft's adapter layers, outermost only (an attention adapter holds another)."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:
-        return []
-    found = [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    found = [n for n, m in model.named_modules() if isinstance(m, tracer_leaves())]
     return [n for n in found if not any(n != o and is_under(n, o) for o in found)]
 
 
-def has_adapters(names: Iterable[str]) -> bool:
-    return any(is_adapter(n) for n in names)
-
-
 def tracer_leaves() -> tuple[type[Any], ...]:
-    """peft's layer classes, for tracers that should treat an adapted layer as one step."""
+    """peft's layer classes (none without peft): what an adapted layer is an instance of, and
+    what a tracer should treat as one step."""
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError:

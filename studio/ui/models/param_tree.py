@@ -98,7 +98,6 @@ class ParamTreeModel(QAbstractItemModel):
         self._description: ModelDescription | None = None
         self._frozen: frozenset[str] = frozenset()
         self._freeze_error = ""
-        self._marks = LoraMarks()  # the third state: which rows LoRA adapts
         self._learning = NodeFigures()  # the live learning columns' figures, per node
         self._clear()
         self._italic = QFont()
@@ -348,7 +347,7 @@ class ParamTreeModel(QAbstractItemModel):
         self._trainable_prefix: list[int] = [0]
         self._trainable_numel_prefix: list[int] = [0]
         self._numel_total = 0
-        self._marks = LoraMarks()
+        self._marks = LoraMarks()  # the third state: which rows LoRA adapts
         self._learning.clear()
 
     def _rebuild(self, description: ModelDescription | None) -> None:
@@ -427,10 +426,9 @@ class ParamTreeModel(QAbstractItemModel):
             return
         before = [self._state(i) for i in range(len(self._nodes))]
         self._frozen = frozen
-        if self._mark(lora, rank):  # texts, colours and tips of any row may change
-            before = [None] * len(before)  # type: ignore[list-item]
+        marks_changed = self._mark(lora, rank)  # texts, colours and tips of any row may change
         self._recount()
-        self._emit_changed(before)
+        self._emit_changed(None if marks_changed else before)
         self.counts_changed.emit(*self.counts())
 
     def _check_spec(self) -> None:
@@ -447,8 +445,9 @@ class ParamTreeModel(QAbstractItemModel):
             self._freeze_error = error
             self.freeze_error_changed.emit(error)
 
-    def _emit_changed(self, before: list[Qt.CheckState]) -> None:
-        """dataChanged for each run of siblings whose state changed: few signals, all valid."""
+    def _emit_changed(self, before: list[Qt.CheckState] | None) -> None:
+        """dataChanged for each run of siblings whose state changed (every row when ``before``
+        is None): few signals, all valid."""
         last = len(HEADERS) - 1
         roles = [Qt.ItemDataRole.CheckStateRole, Qt.ItemDataRole.ForegroundRole,
                  Qt.ItemDataRole.FontRole, Qt.ItemDataRole.ToolTipRole, TRAINABLE_ROLE,
@@ -456,7 +455,8 @@ class ParamTreeModel(QAbstractItemModel):
         for kids in self._children:
             start = None
             for row, kid in enumerate([*kids, None]):
-                changed = kid is not None and self._state(kid) != before[kid]
+                changed = kid is not None and (before is None
+                                               or self._state(kid) != before[kid])
                 if changed and start is None:
                     start = row
                 elif not changed and start is not None:

@@ -75,7 +75,8 @@ class LoraBar(QWidget):
         from studio.engine.lora import preset_targets
 
         size = self._project.config.data.image_size or 224
-        layers = preset_targets(description.model, description.head, preset, size)
+        layers = preset_targets(description.model, description.head, preset, size,
+                                layers=self._project.adaptable())
         if not layers:
             self.status_label.setText(f"{description.backbone} has no layer for "
                                       f"“{PRESETS[preset]}”; right-click modules in the tree "
